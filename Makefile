@@ -1,0 +1,49 @@
+# itcare-token-operator — developer entry points.
+#   make demo   local control plane + Keycloak + operator; watch the token Secret refresh
+#   make test   lint, type-check, unit tests, then the tests on the real environment
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: all venv lint unit components test test-env demo bench bench-smoke clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Python >= 3.11 is required (PYTHON=$(PYTHON))"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -m "not env" -q
+
+components:
+	scripts/build-components all
+
+test-env: $(STAMP) components
+	$(VENV)/bin/pytest -m env -q
+
+test: lint unit test-env
+
+demo: $(STAMP) components
+	scripts/demo
+
+bench: $(STAMP) components
+	$(PY) -m bench.run
+
+bench-smoke: $(STAMP) components
+	$(PY) -m bench.run --smoke
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,3 @@
+from itcare_operator.cli import main
+
+raise SystemExit(main())

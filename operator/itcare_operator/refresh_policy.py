@@ -1,0 +1,110 @@
+"""When to refresh a token, and when to retry after a failure.
+
+Pure functions: the clock (``now``) and the randomness (``rand`` in [0, 1)) are
+arguments, so every rule is testable without patching time.
+
+Rules
+-----
+* Refresh when ``margin`` seconds of validity remain. ``margin`` is
+  ``refreshBeforeExpirySeconds`` when set, else one third of the lifetime; it is
+  never less than ``min(60 s, lifetime / 2)`` (the kubelet needs up to a minute to
+  deliver a new Secret to pods) and never more than 90 % of the lifetime.
+* Jitter only moves a refresh *earlier*, by up to 10 % of the time before the
+  refresh point, so credentials created together spread out but none is late.
+* After a failure, retry with exponential backoff and jitter, bounded by the
+  remaining validity: while the token lives, a retry is never scheduled later than
+  half of what is left, so retries get denser as expiry approaches. Rejected
+  credentials (401) back off much longer than transient errors. ``Retry-After`` is
+  honoured unless it would let a still-valid token lapse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from itcare_operator.errors import FailureKind
+
+__all__ = ["RefreshPolicy", "backoff_delay", "next_refresh_at", "refresh_margin"]
+
+KUBELET_DELIVERY = dt.timedelta(seconds=60)
+JITTER_FRACTION = 0.10
+
+
+@dataclasses.dataclass(frozen=True)
+class RefreshPolicy:
+    """Knobs of the schedule; defaults match the public contract."""
+
+    refresh_before: dt.timedelta | None = None
+    """``spec.refreshBeforeExpirySeconds``; ``None``: one third of the lifetime."""
+
+    transient_base: float = 2.0
+    """First retry delay after a transient failure, in seconds."""
+
+    transient_cap: float = 300.0
+    """Longest retry delay after transient failures, in seconds."""
+
+    rejected_base: float = 60.0
+    """First retry delay after the endpoint rejected the credentials, in seconds."""
+
+    rejected_cap: float = 3600.0
+    """Longest retry delay after rejections, in seconds."""
+
+    min_retry: float = 1.0
+    """Never retry sooner than this, in seconds (protects the endpoint)."""
+
+
+def refresh_margin(lifetime: dt.timedelta, policy: RefreshPolicy) -> dt.timedelta:
+    """How long before expiry a token of this lifetime is refreshed (before jitter)."""
+    margin = policy.refresh_before if policy.refresh_before is not None else lifetime / 3
+    margin = min(margin, lifetime * 0.9)
+    return max(margin, min(KUBELET_DELIVERY, lifetime / 2))
+
+
+def next_refresh_at(
+    received_at: dt.datetime,
+    expires_at: dt.datetime,
+    now: dt.datetime,
+    policy: RefreshPolicy,
+    rand: float,
+) -> dt.datetime:
+    """The instant to refresh a token received at ``received_at``.
+
+    Never later than ``expires_at - refresh_margin``; jitter only earlier; never in
+    the past (a token found overdue, for example after a restart, is refreshed now).
+    """
+    lifetime = max(expires_at - received_at, dt.timedelta(0))
+    due = expires_at - refresh_margin(lifetime, policy)
+    usable = max(due - received_at, dt.timedelta(0))
+    due -= usable * (JITTER_FRACTION * min(max(rand, 0.0), 1.0))
+    return max(due, now)
+
+
+def backoff_delay(
+    attempt: int,
+    kind: FailureKind,
+    now: dt.datetime,
+    expires_at: dt.datetime | None,
+    policy: RefreshPolicy,
+    rand: float,
+    retry_after: float | None = None,
+) -> dt.timedelta:
+    """Delay before retry number ``attempt`` (1 for the first retry) after a failure.
+
+    ``expires_at`` is the expiry of the token currently held, or ``None``.
+    """
+    if kind is FailureKind.REJECTED:
+        base, cap = policy.rejected_base, policy.rejected_cap
+    else:
+        base, cap = policy.transient_base, policy.transient_cap
+    exponent = min(max(attempt, 1) - 1, 30)
+    delay = min(cap, base * 2.0**exponent)
+    delay *= 0.5 + 0.5 * min(max(rand, 0.0), 1.0)  # "equal jitter": at least half the step
+    delay = max(delay, policy.min_retry)
+    if retry_after is not None and retry_after > delay:
+        delay = min(retry_after, 24 * 3600.0)
+    if expires_at is not None and expires_at > now:
+        remaining = (expires_at - now).total_seconds()
+        # Denser as expiry approaches; never beyond expiry while the token lives.
+        delay = min(delay, max(remaining / 2, min(policy.min_retry, remaining * 0.9)))
+    return dt.timedelta(seconds=delay)

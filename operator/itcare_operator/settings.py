@@ -1,0 +1,54 @@
+"""Operator settings: one frozen object, built once from flags and environment."""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["DEFAULT_ALLOWED_TOKEN_URL", "Settings"]
+
+DEFAULT_ALLOWED_TOKEN_URL = "https://accounts.cegedim.cloud/auth/realms/cloud/"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty: all namespaces (cluster-wide)."""
+
+    metrics_port: int = 9090
+    """Port of the Prometheus ``/metrics`` endpoint; 0 disables it."""
+
+    health_port: int = 8080
+    """Port of ``/healthz`` and ``/readyz``; 0 disables it."""
+
+    allowed_token_urls: tuple[str, ...] = (DEFAULT_ALLOWED_TOKEN_URL,)
+    """URL prefixes a credential's ``tokenURL`` must start with (``TokenURLNotAllowed``)."""
+
+    require_source_label: bool = True
+    """Read only source Secrets labelled ``itcare.cegedim.cloud/api-account: "true"``."""
+
+    max_concurrent_requests: int = 10
+    """Token requests in flight at once, per token endpoint."""
+
+    requests_per_second: float = 20.0
+    """Token requests started per second at most, per token endpoint."""
+
+    ca_bundle: str | None = None
+    """Extra CA bundle (PEM file) to verify token endpoints with; default: system CAs."""
+
+    log_format: str = "text"
+    """``text`` or ``json``."""
+
+    log_level: str = "INFO"
+    """Python logging level name."""
+
+    standalone: bool = False
+    """Run without peering (no leader election between replicas)."""
+
+    peering_name: str = "itcare-token-operator"
+    """Name of the kopf peering object used to keep a single active replica."""
+
+    priority: int = 0
+    """Peering priority of this replica (higher wins); 0 picks one at random."""
+
+    def token_url_allowed(self, url: str) -> bool:
+        return any(url.startswith(prefix) for prefix in self.allowed_token_urls)

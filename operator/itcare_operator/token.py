@@ -1,0 +1,93 @@
+"""The token we hold, and the API account it is obtained with.
+
+Pure data: no I/O, no clock. Every secret-bearing field is kept out of ``repr`` so a
+stray ``log.debug(token)`` cannot leak it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+
+__all__ = ["ClientCredentials", "Token", "fingerprint", "format_time", "parse_time"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientCredentials:
+    """An ITCare API account: a Keycloak client id and secret."""
+
+    client_id: str = dataclasses.field(repr=False)
+    client_secret: str = dataclasses.field(repr=False)
+
+    def __repr__(self) -> str:
+        return "ClientCredentials(<redacted>)"
+
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in logs, events, status or errors."""
+        return (self.client_id, self.client_secret)
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    """An access token and when it expires, as received from the token endpoint."""
+
+    access_token: str = dataclasses.field(repr=False)
+    received_at: dt.datetime
+    expires_at: dt.datetime
+    refresh_token: str | None = dataclasses.field(default=None, repr=False)
+    refresh_expires_at: dt.datetime | None = None
+    scope: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Token(fingerprint={fingerprint(self.access_token)!r}, "
+            f"expires_at={format_time(self.expires_at)!r}, "
+            f"refresh_token={'<held>' if self.refresh_token else None})"
+        )
+
+    @property
+    def token_type(self) -> str:
+        """Always ``Bearer``, whatever case the endpoint used."""
+        return "Bearer"
+
+    @property
+    def authorization(self) -> str:
+        """The value of an HTTP ``Authorization`` header."""
+        return f"Bearer {self.access_token}"
+
+    @property
+    def lifetime(self) -> dt.timedelta:
+        return self.expires_at - self.received_at
+
+    def is_valid(self, now: dt.datetime) -> bool:
+        return now < self.expires_at
+
+    def refresh_token_usable(self, now: dt.datetime) -> bool:
+        """A refresh token is held and has not expired (with 5 s of slack)."""
+        if not self.refresh_token:
+            return False
+        if self.refresh_expires_at is None:
+            return True
+        return now + dt.timedelta(seconds=5) < self.refresh_expires_at
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.access_token, self.refresh_token) if s)
+
+
+def fingerprint(access_token: str) -> str:
+    """A short, non-reversible name for a token: the first 12 hex digits of its SHA-256."""
+    return "sha256:" + hashlib.sha256(access_token.encode()).hexdigest()[:12]
+
+
+def format_time(when: dt.datetime) -> str:
+    """RFC 3339 in UTC with a ``Z`` and whole seconds, as Kubernetes writes times."""
+    return when.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """Parse an RFC 3339 instant; raises ``ValueError`` on anything else."""
+    value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError(f"time without a timezone: {text!r}")
+    return value.astimezone(dt.UTC)

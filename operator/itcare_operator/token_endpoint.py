@@ -1,0 +1,418 @@
+"""The one module that talks to the Keycloak token endpoint.
+
+Every HTTP outcome is converted here, and only here, into a :class:`Token` or one of
+the exceptions of :mod:`itcare_operator.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import datetime as dt
+import email.utils
+import enum
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote_plus
+
+import httpx
+
+from itcare_operator._version import __version__
+from itcare_operator.errors import (
+    EndpointUnavailable,
+    InvalidGrant,
+    InvalidTokenResponse,
+    RateLimited,
+    Reason,
+    RequestRejected,
+    TokenEndpointError,
+)
+from itcare_operator.token import ClientCredentials, Token
+
+__all__ = [
+    "DEFAULT_TOKEN_URL",
+    "MAX_BODY_BYTES",
+    "Grant",
+    "TokenEndpoint",
+    "TokenEndpoints",
+    "TokenResult",
+    "parse_retry_after",
+    "parse_token_response",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOKEN_URL = "https://accounts.cegedim.cloud/auth/realms/cloud/protocol/openid-connect/token"
+MAX_BODY_BYTES = 64 * 1024
+MAX_EXPIRES_IN = 366 * 24 * 3600
+USER_AGENT = f"itcare-token-operator/{__version__}"
+
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Grant(enum.StrEnum):
+    """``spec.grant``, and the grant a request actually used (metric label)."""
+
+    CLIENT_CREDENTIALS = "ClientCredentials"
+    REFRESH_TOKEN = "RefreshToken"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenResult:
+    token: Token
+    grant: Grant
+    """The grant that produced the token (after any fallback)."""
+
+
+class _Throttle:
+    """A token bucket: at most ``rate`` request starts per second, bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+                self._stamp = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self._rate)
+
+
+class TokenEndpoint:
+    """A Keycloak token endpoint with one shared connection pool.
+
+    ``transport`` is for tests (``httpx.MockTransport``); ``max_concurrent`` caps
+    requests in flight and ``rate`` request starts per second, so a mass creation or
+    recovery never floods Keycloak.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca_bundle: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 10.0,
+        total_timeout: float = 20.0,
+        max_concurrent: int | None = None,
+        rate: float | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.url = url
+        self._total_timeout = total_timeout
+        self._clock = clock
+        self._semaphore = asyncio.Semaphore(max_concurrent) if max_concurrent else None
+        self._throttle = _Throttle(rate, max(1, int(rate))) if rate else None
+        verify: ssl.SSLContext | bool = True
+        if ca_bundle:
+            verify = ssl.create_default_context(cafile=ca_bundle)
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            verify=verify,
+            trust_env=True,
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=max_concurrent or 100, max_keepalive_connections=20
+            ),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"TokenEndpoint({self.url!r})"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def obtain(
+        self,
+        credentials: ClientCredentials,
+        *,
+        scope: str = "",
+        grant: Grant = Grant.CLIENT_CREDENTIALS,
+        current: Token | None = None,
+    ) -> TokenResult:
+        """Get a new token: by refresh token when asked and one is usable, else by login.
+
+        A rejected refresh (``invalid_grant`` or any other refusal or unusable
+        answer) falls back to client_credentials at once. An outage does not: the
+        second request would meet the same outage; the retry schedule handles it.
+        """
+        if (
+            grant is Grant.REFRESH_TOKEN
+            and current is not None
+            and current.refresh_token
+            and current.refresh_token_usable(self._clock())
+        ):
+            try:
+                token = await self.refresh(credentials, current.refresh_token, scope=scope)
+            except (RequestRejected, InvalidTokenResponse) as exc:
+                log.info("refresh token not accepted (%s); logging in again", exc.reason)
+            else:
+                return TokenResult(token, Grant.REFRESH_TOKEN)
+        token = await self.client_credentials(credentials, scope=scope)
+        return TokenResult(token, Grant.CLIENT_CREDENTIALS)
+
+    async def client_credentials(self, credentials: ClientCredentials, *, scope: str = "") -> Token:
+        form = {"grant_type": "client_credentials"}
+        if scope:
+            form["scope"] = scope
+        return await self._request(credentials, form, secrets=credentials.secrets())
+
+    async def refresh(
+        self, credentials: ClientCredentials, refresh_token: str, *, scope: str = ""
+    ) -> Token:
+        """RFC 6749 section 6 refresh; keeps ``refresh_token`` when the answer has none."""
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        if scope:
+            form["scope"] = scope
+        token = await self._request(
+            credentials, form, secrets=(*credentials.secrets(), refresh_token)
+        )
+        if token.refresh_token is None:
+            token = dataclasses.replace(token, refresh_token=refresh_token)
+        return token
+
+    async def _request(
+        self, credentials: ClientCredentials, form: dict[str, str], secrets: Iterable[str]
+    ) -> Token:
+        if self._throttle is not None:
+            await self._throttle.acquire()
+        if self._semaphore is None:
+            return await self._send(credentials, form, tuple(secrets))
+        async with self._semaphore:
+            return await self._send(credentials, form, tuple(secrets))
+
+    async def _send(
+        self, credentials: ClientCredentials, form: dict[str, str], secrets: tuple[str, ...]
+    ) -> Token:
+        headers = {"Authorization": basic_authorization(credentials)}
+        try:
+            async with asyncio.timeout(self._total_timeout):
+                async with self._client.stream(
+                    "POST", self.url, data=form, headers=headers
+                ) as resp:
+                    body = await _read_capped(resp)
+                    received_at = self._clock()
+        except TimeoutError:
+            raise EndpointUnavailable(
+                f"token endpoint did not answer within {self._total_timeout:g}s"
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise EndpointUnavailable(f"token endpoint timed out ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise EndpointUnavailable(_describe_transport_error(exc)) from None
+        log.debug("token endpoint answered %s (%d bytes)", resp.status_code, len(body))
+        if resp.status_code == 200:
+            return parse_token_response(body, received_at, secrets=secrets)
+        raise _error_from_response(resp, body, received_at, secrets)
+
+
+class TokenEndpoints:
+    """One shared :class:`TokenEndpoint` (and connection pool) per URL and CA bundle."""
+
+    def __init__(self, factory: Callable[[str, str | None], TokenEndpoint]) -> None:
+        self._factory = factory
+        self._endpoints: dict[tuple[str, str | None], TokenEndpoint] = {}
+
+    def get(self, url: str, ca_bundle: str | None = None) -> TokenEndpoint:
+        key = (url, ca_bundle)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = self._factory(url, ca_bundle)
+        return endpoint
+
+    async def aclose(self) -> None:
+        endpoints, self._endpoints = list(self._endpoints.values()), {}
+        for endpoint in endpoints:
+            await endpoint.aclose()
+
+
+def basic_authorization(credentials: ClientCredentials) -> str:
+    """client_secret_basic (RFC 6749 section 2.3.1): form-encode, then Base64."""
+    pair = f"{quote_plus(credentials.client_id)}:{quote_plus(credentials.client_secret)}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
+
+
+async def _read_capped(resp: httpx.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise InvalidTokenResponse(
+                f"token endpoint response exceeds {MAX_BODY_BYTES} bytes",
+                status_code=resp.status_code,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _describe_transport_error(exc: httpx.HTTPError) -> str:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate verification failed: {cause.verify_message}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake failed: {cause.reason or type(cause).__name__}"
+        cause = cause.__cause__ or cause.__context__
+    kinds: dict[type[httpx.HTTPError], str] = {
+        httpx.ConnectError: "connection failed",
+        httpx.RemoteProtocolError: "connection closed or broken mid-response",
+        httpx.ReadError: "connection reset while reading",
+        httpx.WriteError: "connection reset while sending",
+        httpx.UnsupportedProtocol: "unsupported URL scheme",
+    }
+    kind = kinds.get(type(exc), type(exc).__name__)
+    return f"token endpoint unreachable: {kind}"
+
+
+def scrub(text: str, secrets: Iterable[str], limit: int = 200) -> str:
+    """Make text from the endpoint safe to show: no secrets, printable, short."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    text = "".join(ch if ch.isprintable() else " " for ch in text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
+    """``Retry-After`` as seconds from ``now``: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _error_from_response(
+    resp: httpx.Response, body: bytes, now: dt.datetime, secrets: tuple[str, ...]
+) -> TokenEndpointError:
+    status = resp.status_code
+    retry_after = parse_retry_after(resp.headers.get("Retry-After"), now)
+    doc = _json_object(body) or {}
+    error = doc.get("error") if isinstance(doc.get("error"), str) else None
+    description = doc.get("error_description")
+    detail = ""
+    if error:
+        detail = f" {scrub(error, secrets, 60)}"
+        if isinstance(description, str) and description:
+            detail += f": {scrub(description, secrets)}"
+    prefix = f"{status} from token endpoint"
+    if status == 429:
+        return RateLimited(f"{prefix}{detail}", status_code=status, retry_after=retry_after)
+    if status >= 500:
+        return EndpointUnavailable(f"{prefix}{detail}", status_code=status, retry_after=retry_after)
+    mapped = {
+        "invalid_client": Reason.INVALID_CLIENT,
+        "unauthorized_client": Reason.UNAUTHORIZED_CLIENT,
+        "invalid_scope": Reason.INVALID_SCOPE,
+        "invalid_request": Reason.INVALID_REQUEST,
+        "unsupported_grant_type": Reason.INVALID_REQUEST,
+    }
+    if error == "invalid_grant":
+        return InvalidGrant(f"{prefix}{detail}", status_code=status)
+    if error in mapped:
+        return RequestRejected(f"{prefix}{detail}", reason=mapped[error], status_code=status)
+    if status in (401, 403):
+        return RequestRejected(
+            f"{prefix}{detail or ' (no OAuth2 error body)'}",
+            reason=Reason.UNAUTHORIZED_CLIENT,
+            status_code=status,
+        )
+    if status == 404:
+        return EndpointUnavailable(
+            f"{prefix}: no token endpoint at this URL (check tokenURL)", status_code=status
+        )
+    return InvalidTokenResponse(
+        f"{prefix}{detail or ': unexpected answer'}", status_code=status, retry_after=retry_after
+    )
+
+
+def parse_token_response(
+    body: bytes, received_at: dt.datetime, *, secrets: Iterable[str] = ()
+) -> Token:
+    """Validate a 200 answer strictly and turn it into a :class:`Token`."""
+    doc = _json_object(body)
+    if doc is None:
+        kind = "HTML" if body.lstrip()[:1] == b"<" else "not a JSON object"
+        raise InvalidTokenResponse(f"token endpoint answered 200 with a body that is {kind}")
+    access_token = doc.get("access_token")
+    if not isinstance(access_token, str) or not access_token.strip():
+        raise InvalidTokenResponse("token response has no access_token")
+    if any(ch.isspace() or not ch.isprintable() for ch in access_token):
+        raise InvalidTokenResponse("token response has an access_token with invalid characters")
+    token_type = doc.get("token_type")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        shown = (
+            scrub(token_type, (*secrets, access_token), 30)
+            if isinstance(token_type, str)
+            else type(token_type).__name__
+        )
+        raise InvalidTokenResponse(f"token response has token_type {shown!r}, expected Bearer")
+    expires_in = _seconds(doc.get("expires_in"), "expires_in", minimum=1)
+    if expires_in is None:
+        raise InvalidTokenResponse("token response has no expires_in")
+    refresh_token = doc.get("refresh_token")
+    if refresh_token is not None and (not isinstance(refresh_token, str) or not refresh_token):
+        raise InvalidTokenResponse("token response has an invalid refresh_token")
+    refresh_expires_in = _seconds(doc.get("refresh_expires_in"), "refresh_expires_in", minimum=0)
+    scope = doc.get("scope") if isinstance(doc.get("scope"), str) else None
+    return Token(
+        access_token=access_token,
+        received_at=received_at,
+        expires_at=received_at + dt.timedelta(seconds=expires_in),
+        refresh_token=refresh_token,
+        # Keycloak sends refresh_expires_in 0 for tokens without an idle limit.
+        refresh_expires_at=(
+            received_at + dt.timedelta(seconds=refresh_expires_in)
+            if refresh_token and refresh_expires_in
+            else None
+        ),
+        scope=scope,
+    )
+
+
+def _seconds(value: object, name: str, *, minimum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTokenResponse(f"token response has a non-integer {name}")
+    if value < minimum or value > MAX_EXPIRES_IN:
+        raise InvalidTokenResponse(
+            f"token response has {name}={value}, outside {minimum}..{MAX_EXPIRES_IN}"
+        )
+    return value

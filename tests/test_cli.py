@@ -1,0 +1,145 @@
+"""``itcare-operator`` as a user runs it: a subprocess, exit codes, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLIENT_ID, CLIENT_SECRET
+from tests.keycloak_fake import FakeKeycloak, Fault
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ITCARE_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "itcare_operator", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+    )
+
+
+def creds_env() -> dict[str, str]:
+    return {"ITCARE_CLIENT_ID": CLIENT_ID, "ITCARE_CLIENT_SECRET": CLIENT_SECRET}
+
+
+def assert_no_secrets(proc: subprocess.CompletedProcess[str], server: FakeKeycloak) -> None:
+    for secret in (CLIENT_ID, CLIENT_SECRET, *server.issued):
+        assert secret not in proc.stdout + proc.stderr
+
+
+def test_version() -> None:
+    proc = cli("version")
+    assert proc.returncode == 0 and proc.stdout.startswith("itcare-token-operator 0.")
+
+
+def test_help_lists_commands() -> None:
+    proc = cli("token", "--help")
+    assert proc.returncode == 0 and "--from-secret" in proc.stdout and "Exit codes" in proc.stdout
+
+
+def test_token_text(keycloak: FakeKeycloak) -> None:
+    proc = cli("token", "--token-url", keycloak.token_url, env=creds_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "expires at:" in proc.stdout and "fingerprint:   sha256:" in proc.stdout
+    assert_no_secrets(proc, keycloak)
+    assert keycloak.count("client_credentials") == 1
+
+
+def test_token_json_and_print_token(keycloak: FakeKeycloak) -> None:
+    proc = cli(
+        "token",
+        "--token-url",
+        keycloak.token_url,
+        "--output",
+        "json",
+        "--print-token",
+        env=creds_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["accessToken"] in keycloak.issued
+    assert 1190 <= doc["expiresInSeconds"] <= 1200 and doc["tokenType"] == "Bearer"
+
+
+def test_token_from_files(keycloak: FakeKeycloak, tmp_path: Path) -> None:
+    (tmp_path / "id").write_text(CLIENT_ID + "\n")
+    (tmp_path / "secret").write_text(CLIENT_SECRET + "\n")
+    proc = cli(
+        "token",
+        "--token-url",
+        keycloak.token_url,
+        "--client-id-file",
+        str(tmp_path / "id"),
+        "--client-secret-file",
+        str(tmp_path / "secret"),
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_token_over_tls_with_ca_bundle(keycloak_tls: FakeKeycloak, ca_bundle: Path) -> None:
+    proc = cli(
+        "token",
+        "--token-url",
+        keycloak_tls.token_url,
+        "--ca-bundle",
+        str(ca_bundle),
+        env=creds_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("token", "--token-url", keycloak_tls.token_url, env=creds_env())
+    assert proc.returncode == 4 and "TLS certificate verification failed" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("setup", "code", "reason"),
+    [
+        (lambda kc: kc.clients[CLIENT_ID].__setattr__("secret", "other"), 3, "UnauthorizedClient"),
+        (lambda kc: kc.clients[CLIENT_ID].__setattr__("enabled", False), 3, "InvalidClient"),
+        (lambda kc: kc.inject(Fault(503)), 4, "TokenEndpointUnavailable"),
+        (lambda kc: kc.inject(Fault(429, headers={"Retry-After": "3"})), 4, "RateLimited"),
+        (lambda kc: kc.inject(Fault(200, body=b"<html>")), 5, "InvalidTokenResponse"),
+    ],
+    ids=["wrong-secret", "disabled", "503", "429", "garbage"],
+)
+def test_token_exit_codes(keycloak: FakeKeycloak, setup: object, code: int, reason: str) -> None:
+    setup(keycloak)  # type: ignore[operator]
+    proc = cli("token", "--token-url", keycloak.token_url, env=creds_env())
+    assert proc.returncode == code, proc.stderr
+    assert reason in proc.stderr
+    assert_no_secrets(proc, keycloak)
+
+
+def test_token_unreachable() -> None:
+    proc = cli("token", "--token-url", "http://127.0.0.1:1/token", env=creds_env())
+    assert proc.returncode == 4 and "unreachable" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("token",),  # no credentials
+        ("token", "--client-id-file", "/nonexistent"),
+        ("token", "--from-secret", "just-a-name"),
+        ("token", "--token-url", "ftp://x/token"),
+        ("run", "--metrics-port", "99999"),
+        ("run", "--log-format", "xml"),
+        ("frobnicate",),
+    ],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
+    proc = cli(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error" in proc.stderr
+
+
+def test_bad_env_flag_is_usage_error() -> None:
+    proc = cli("run", env={"ITCARE_OPERATOR_METRICS_PORT": "many"})
+    assert proc.returncode == 2 and "ITCARE_OPERATOR_METRICS_PORT" in proc.stderr

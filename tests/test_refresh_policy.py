@@ -1,0 +1,145 @@
+"""Refresh schedule and backoff: pure functions, injected clock and randomness."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from itcare_operator.errors import FailureKind
+from itcare_operator.refresh_policy import (
+    RefreshPolicy,
+    backoff_delay,
+    next_refresh_at,
+    refresh_margin,
+)
+
+T0 = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
+S = dt.timedelta(seconds=1)
+
+lifetimes = st.integers(min_value=1, max_value=86400 * 2)
+rands = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+overrides = st.one_of(st.none(), st.integers(min_value=30, max_value=86400))
+
+
+def test_default_refreshes_at_two_thirds_of_1200s() -> None:
+    at = next_refresh_at(T0, T0 + 1200 * S, T0, RefreshPolicy(), rand=0.0)
+    assert at == T0 + 800 * S
+
+
+def test_override_is_used() -> None:
+    policy = RefreshPolicy(refresh_before=dt.timedelta(seconds=600))
+    assert next_refresh_at(T0, T0 + 1200 * S, T0, policy, rand=0.0) == T0 + 600 * S
+
+
+def test_override_below_a_minute_is_raised_to_kubelet_delivery() -> None:
+    policy = RefreshPolicy(refresh_before=dt.timedelta(seconds=30))
+    assert next_refresh_at(T0, T0 + 1200 * S, T0, policy, rand=0.0) == T0 + 1140 * S
+
+
+def test_short_lifetime_refreshes_at_half() -> None:
+    assert refresh_margin(60 * S, RefreshPolicy()) == 30 * S
+    assert next_refresh_at(T0, T0 + 30 * S, T0, RefreshPolicy(), rand=0.0) == T0 + 15 * S
+
+
+def test_full_jitter_moves_earlier_by_a_tenth() -> None:
+    at = next_refresh_at(T0, T0 + 1200 * S, T0, RefreshPolicy(), rand=1.0)
+    assert at == T0 + 720 * S
+
+
+def test_overdue_token_is_refreshed_now() -> None:
+    now = T0 + 1000 * S
+    assert next_refresh_at(T0, T0 + 1200 * S, now, RefreshPolicy(), rand=0.5) == now
+
+
+@given(lifetime=lifetimes, override=overrides, rand=rands, jitter=rands)
+def test_refresh_is_before_expiry_and_not_later_than_margin(
+    lifetime: int, override: int | None, rand: float, jitter: float
+) -> None:
+    policy = RefreshPolicy(refresh_before=None if override is None else override * S)
+    expires = T0 + lifetime * S
+    at = next_refresh_at(T0, expires, T0, policy, rand)
+    assert T0 <= at < expires
+    # never later than 60 s before expiry (or half the lifetime for short tokens)
+    assert at <= expires - min(60 * S, lifetime * S / 2)
+    # jitter only earlier
+    assert at <= next_refresh_at(T0, expires, T0, policy, 0.0)
+
+
+@given(lifetime=lifetimes, a=rands, b=rands)
+def test_jitter_is_monotonic_in_rand(lifetime: int, a: float, b: float) -> None:
+    lo, hi = sorted((a, b))
+    expires = T0 + lifetime * S
+    assert next_refresh_at(T0, expires, T0, RefreshPolicy(), hi) <= next_refresh_at(
+        T0, expires, T0, RefreshPolicy(), lo
+    )
+
+
+def test_jitter_spreads_refreshes() -> None:
+    points = {
+        next_refresh_at(T0, T0 + 1200 * S, T0, RefreshPolicy(), rand=i / 1000) for i in range(1000)
+    }
+    span = max(points) - min(points)
+    assert span >= 79 * S
+
+
+def test_backoff_grows_exponentially_without_token() -> None:
+    policy = RefreshPolicy()
+    delays = [
+        backoff_delay(n, FailureKind.TRANSIENT, T0, None, policy, rand=1.0).total_seconds()
+        for n in range(1, 12)
+    ]
+    assert delays[:4] == [2.0, 4.0, 8.0, 16.0]
+    assert delays[-1] == policy.transient_cap
+
+
+def test_rejected_backs_off_much_longer() -> None:
+    policy = RefreshPolicy()
+    transient = backoff_delay(1, FailureKind.TRANSIENT, T0, None, policy, 0.0)
+    rejected = backoff_delay(1, FailureKind.REJECTED, T0, None, policy, 0.0)
+    assert rejected >= 10 * transient
+
+
+def test_retry_after_is_honoured_while_it_keeps_the_token_alive() -> None:
+    delay = backoff_delay(1, FailureKind.TRANSIENT, T0, T0 + 1000 * S, RefreshPolicy(), 0.0, 120)
+    assert delay == 120 * S
+
+
+def test_retry_after_never_lets_the_token_lapse() -> None:
+    delay = backoff_delay(1, FailureKind.TRANSIENT, T0, T0 + 100 * S, RefreshPolicy(), 0.0, 3600)
+    assert delay == 50 * S
+
+
+def test_retries_get_denser_near_expiry() -> None:
+    policy = RefreshPolicy()
+    far = backoff_delay(9, FailureKind.TRANSIENT, T0, T0 + 400 * S, policy, 1.0)
+    near = backoff_delay(9, FailureKind.TRANSIENT, T0, T0 + 20 * S, policy, 1.0)
+    assert near == 10 * S < far
+
+
+@given(
+    attempt=st.integers(min_value=1, max_value=200),
+    remaining=st.floats(min_value=0.01, max_value=86400.0),
+    rand=rands,
+    kind=st.sampled_from(list(FailureKind)),
+    retry_after=st.one_of(st.none(), st.floats(min_value=0, max_value=10**6)),
+)
+def test_backoff_never_past_expiry_while_valid(
+    attempt: int, remaining: float, rand: float, kind: FailureKind, retry_after: float | None
+) -> None:
+    expires = T0 + dt.timedelta(seconds=remaining)
+    delay = backoff_delay(attempt, kind, T0, expires, RefreshPolicy(), rand, retry_after)
+    assert dt.timedelta(0) < delay
+    assert T0 + delay < expires
+
+
+@given(
+    attempt=st.integers(min_value=1, max_value=200),
+    rand=rands,
+    kind=st.sampled_from(list(FailureKind)),
+)
+def test_backoff_bounded_without_token(attempt: int, rand: float, kind: FailureKind) -> None:
+    policy = RefreshPolicy()
+    delay = backoff_delay(attempt, kind, T0, None, policy, rand).total_seconds()
+    assert policy.min_retry <= delay <= policy.rejected_cap

@@ -1,0 +1,1 @@
+"""Fixtures for the real test environment (filled in below)."""
