@@ -205,68 +205,42 @@ class FakeKeycloak:
 
     def answer(
         self, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict[str, object], str, str | None]:
-        """Keycloak's logic; returns status, JSON body, grant type, client id."""
+    ) -> tuple[int, dict[str, object]]:
+        """Keycloak 26's logic and error bodies (recorded from the real server)."""
         if path != f"/auth/realms/{self.realm}/protocol/openid-connect/token":
-            return 404, {"error": "Unable to find matching target resource method"}, "", None
+            return 405, {"error": "HTTP 405 Method Not Allowed"}
         form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
         grant = form.get("grant_type", "")
         client_id, secret = _basic(headers.get("authorization", ""))
         client = self.clients.get(client_id or "")
         if client is None or not client.enabled:
-            return (
-                401,
-                {"error": "invalid_client", "error_description": INVALID_CREDENTIALS},
-                grant,
-                client_id,
-            )
+            return _error(401, "invalid_client", INVALID_CREDENTIALS)
         if secret != client.secret:
-            return (
-                401,
-                {"error": "unauthorized_client", "error_description": INVALID_CREDENTIALS},
-                grant,
-                client_id,
-            )
+            return _error(401, "unauthorized_client", INVALID_CREDENTIALS)
+        if not grant:
+            return _error(400, "invalid_request", "Missing form parameter: grant_type")
         scope = form.get("scope", "")
         if grant == "client_credentials":
             if not client.service_accounts:
-                return (
-                    401,
-                    {
-                        "error": "unauthorized_client",
-                        "error_description": "Client not enabled to retrieve service account",
-                    },
-                    grant,
-                    client_id,
+                return _error(
+                    401, "unauthorized_client", "Client not enabled to retrieve service account"
                 )
-            if scope and any(
-                s not in ("profile", "email", "openid", "itcare") for s in scope.split()
-            ):
-                return (
-                    400,
-                    {"error": "invalid_scope", "error_description": "Invalid scopes: " + scope},
-                    grant,
-                    client_id,
-                )
-            return 200, self._mint(client.client_id, scope), grant, client_id
+            if any(s not in ("profile", "email", "openid", "itcare") for s in scope.split()):
+                return _error(400, "invalid_scope", "Invalid scopes: " + scope)
+            return 200, self._mint(client.client_id, scope)
         if grant == "refresh_token":
-            presented = form.get("refresh_token", "")
-            with self._lock:
-                held = self._refresh.pop(presented, None)
-            if held is None or held[0] != client.client_id or held[1] < time.time():
-                return (
+            with self._lock:  # Keycloak's default: a refresh token may be reused
+                held = self._refresh.get(form.get("refresh_token", ""))
+            if held is None or held[1] < time.time():
+                return _error(400, "invalid_grant", "Invalid refresh token")
+            if held[0] != client.client_id:
+                return _error(
                     400,
-                    {"error": "invalid_grant", "error_description": "Invalid refresh token"},
-                    grant,
-                    client_id,
+                    "invalid_grant",
+                    "Invalid refresh token. Token client and authorized client don't match",
                 )
-            return 200, self._mint(client.client_id, scope), grant, client_id
-        return (
-            400,
-            {"error": "unsupported_grant_type", "error_description": "Unsupported grant_type"},
-            grant,
-            client_id,
-        )
+            return 200, self._mint(client.client_id, scope)
+        return _error(400, "unsupported_grant_type", "Unsupported grant_type")
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -309,7 +283,7 @@ class FakeKeycloak:
                     server._record(grant, client_id, fault.status)
                     self._send(fault.status, fault.body, fault.headers, trickle=fault.trickle)
                     return
-                status, doc, grant, client_id = server.answer(self.path, headers, body)
+                status, doc = server.answer(self.path, headers, body)
                 server._record(grant, client_id, status, form.get("scope", [""])[0])
                 self._send(
                     status,
@@ -341,6 +315,10 @@ class FakeKeycloak:
                     self.close_connection = True
 
         return Handler
+
+
+def _error(status: int, error: str, description: str) -> tuple[int, dict[str, object]]:
+    return status, {"error": error, "error_description": description}
 
 
 def _b64(doc: dict[str, object]) -> str:

@@ -129,9 +129,24 @@ def test_backoff_never_past_expiry_while_valid(
     attempt: int, remaining: float, rand: float, kind: FailureKind, retry_after: float | None
 ) -> None:
     expires = T0 + dt.timedelta(seconds=remaining)
-    delay = backoff_delay(attempt, kind, T0, expires, RefreshPolicy(), rand, retry_after)
+    policy = RefreshPolicy()
+    delay = backoff_delay(attempt, kind, T0, expires, policy, rand, retry_after)
     assert dt.timedelta(0) < delay
-    assert T0 + delay < expires
+    if remaining > policy.min_retry:
+        assert T0 + delay < expires
+        assert delay.total_seconds() >= policy.min_retry
+    else:  # retry at the moment it expires, not sooner than needed, not later
+        assert T0 + delay == expires
+
+
+def test_retries_near_expiry_are_finite() -> None:
+    policy, now, expires = RefreshPolicy(), T0, T0 + 400 * S
+    attempts = 0
+    while now < expires:
+        attempts += 1
+        now += backoff_delay(20, FailureKind.TRANSIENT, now, expires, policy, 1.0)
+        assert attempts < 30
+    assert now == expires
 
 
 @given(

@@ -15,7 +15,8 @@ Rules
   remaining validity: while the token lives, a retry is never scheduled later than
   half of what is left, so retries get denser as expiry approaches. Rejected
   credentials (401) back off much longer than transient errors. ``Retry-After`` is
-  honoured unless it would let a still-valid token lapse.
+  honoured unless it would let a still-valid token lapse. Retries are never closer
+  than ``min_retry``; when less than that remains, the retry is at expiry itself.
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ def backoff_delay(
         delay = min(retry_after, 24 * 3600.0)
     if expires_at is not None and expires_at > now:
         remaining = (expires_at - now).total_seconds()
-        # Denser as expiry approaches; never beyond expiry while the token lives.
-        delay = min(delay, max(remaining / 2, min(policy.min_retry, remaining * 0.9)))
+        if remaining <= policy.min_retry:
+            # Too close to retry sooner than min_retry: try again the moment it expires.
+            delay = remaining
+        else:
+            # Denser as expiry approaches; never beyond expiry while the token lives.
+            delay = min(delay, max(remaining / 2, policy.min_retry))
     return dt.timedelta(seconds=delay)

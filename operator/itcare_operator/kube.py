@@ -1,0 +1,368 @@
+"""The one module that talks to the Kubernetes API server.
+
+The ``kubernetes`` client is synchronous: every call runs in a dedicated thread pool
+so the event loop never blocks. Responses are read as raw JSON dicts (no model
+deserialisation: cheaper, and the shapes match the API documentation).
+``ApiException`` is converted here into :class:`NotFound`, :class:`Conflict` or
+:class:`KubeError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import functools
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from itcare_operator.errors import CredentialError, Reason
+from itcare_operator.source_secret import credentials_from_secret
+from itcare_operator.token import ClientCredentials, format_time
+
+__all__ = [
+    "GROUP",
+    "PLURAL",
+    "VERSION",
+    "Conflict",
+    "KubeClient",
+    "KubeError",
+    "NotFound",
+    "SecretWatch",
+    "load_config",
+    "read_credentials_sync",
+]
+
+log = logging.getLogger(__name__)
+
+GROUP = "itcare.cegedim.cloud"
+VERSION = "v1alpha1"
+PLURAL = "itcarecredentials"
+COMPONENT = "itcare-token-operator"
+
+T = TypeVar("T")
+
+
+class KubeError(Exception):
+    """An API call failed. The message holds the status and reason, never a body."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    """409: resourceVersion conflict or AlreadyExists."""
+
+
+def _convert(exc: ApiException, what: str) -> KubeError:
+    status = exc.status
+    reason = exc.reason or ""
+    try:
+        detail = json.loads(exc.body or "{}").get("reason") or ""
+    except (ValueError, AttributeError):
+        detail = ""
+    message = f"{what}: {status} {reason}{f' ({detail})' if detail else ''}"
+    if status == 404:
+        return NotFound(message, status)
+    if status == 409:
+        return Conflict(message, status)
+    return KubeError(message, status)
+
+
+def load_config() -> kubernetes.client.Configuration:
+    """In-cluster configuration, else ``KUBECONFIG`` / ``~/.kube/config``."""
+    config = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
+    return config
+
+
+def _json(response: Any) -> dict[str, Any]:
+    data = response.data
+    return json.loads(data) if data else {}
+
+
+class KubeClient:
+    """Async facade over the synchronous client, on its own thread pool."""
+
+    def __init__(
+        self,
+        configuration: kubernetes.client.Configuration | None = None,
+        *,
+        threads: int = 16,
+    ) -> None:
+        configuration = configuration or load_config()
+        configuration.connection_pool_maxsize = max(threads, 4)
+        self.api_client = kubernetes.client.ApiClient(configuration)
+        self.core = kubernetes.client.CoreV1Api(self.api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api_client)
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="kube")
+        self.calls = 0  # API requests made; read by the benchmark
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.api_client.close()  # type: ignore[no-untyped-call]
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self.calls += 1
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        except ApiException as exc:
+            raise _convert(exc, what) from None
+
+    # -- Secrets -------------------------------------------------------------------
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            resp = await self._call(
+                f"get Secret {namespace}/{name}",
+                self.core.read_namespaced_secret,
+                name,
+                namespace,
+                _preload_content=False,
+            )
+        except NotFound:
+            return None
+        return _json(resp)
+
+    async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        resp = await self._call(
+            f"create Secret {namespace}/{body['metadata']['name']}",
+            self.core.create_namespaced_secret,
+            namespace,
+            body,
+            _preload_content=False,
+        )
+        return _json(resp)
+
+    async def replace_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        resp = await self._call(
+            f"replace Secret {namespace}/{name}",
+            self.core.replace_namespaced_secret,
+            name,
+            namespace,
+            body,
+            _preload_content=False,
+        )
+        return _json(resp)
+
+    # -- ITCareCredential ------------------------------------------------------------
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        await self._call(
+            f"patch status of ITCareCredential {namespace}/{name}",
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": status},
+            _preload_content=False,
+        )
+
+    # -- Events ------------------------------------------------------------------------
+    async def create_event(
+        self, involved: Mapping[str, Any], type_: str, reason: str, message: str
+    ) -> None:
+        now = dt.datetime.now(dt.UTC)
+        stamp = format_time(now)
+        namespace = involved["namespace"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{involved['name']}.{secrets.token_hex(8)}",
+                "namespace": namespace,
+            },
+            "involvedObject": dict(involved),
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            await self._call(
+                f"create Event in {namespace}",
+                self.core.create_namespaced_event,
+                namespace,
+                body,
+                _preload_content=False,
+            )
+        except KubeError as exc:  # events are best effort
+            log.warning("could not post event %s: %s", reason, exc)
+
+
+class SecretWatch:
+    """List-then-watch Secrets matching a label selector, in a background thread.
+
+    ``on_event(type, secret)`` is called on the event loop for every Secret listed
+    (type ``None``) or changed (``ADDED``/``MODIFIED``/``DELETED``). The watch resumes
+    from the last resourceVersion; on 410 Gone or any error it lists again.
+    """
+
+    def __init__(
+        self,
+        client: KubeClient,
+        label_selector: str,
+        on_event: Callable[[str | None, dict[str, Any]], None],
+        *,
+        namespace: str | None = None,
+        timeout_seconds: int = 60,
+    ) -> None:
+        self._client = client
+        self._selector = label_selector
+        self._namespace = namespace
+        self._on_event = on_event
+        self._timeout = timeout_seconds
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.synced = asyncio.Event()
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(
+            target=self._run, name=f"watch-{self._selector}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _deliver(self, type_: str | None, obj: dict[str, Any]) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._on_event, type_, obj)
+
+    def _list_fn(self) -> Callable[..., Any]:
+        core = self._client.core
+        if self._namespace:
+            return functools.partial(core.list_namespaced_secret, self._namespace)
+        return core.list_secret_for_all_namespaces
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                version = self._list()
+                delay = 0.5
+                while not self._stopping.is_set():
+                    version = self._watch(version)
+            except _Gone:
+                log.info("Secret watch (%s) expired; listing again", self._selector)
+            except Exception as exc:  # network, API server restart: list again after a pause
+                log.warning(
+                    "Secret watch (%s) failed: %s; retrying in %.1fs",
+                    self._selector,
+                    _safe(exc),
+                    delay,
+                )
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _list(self) -> str:
+        resp = self._list_fn()(
+            label_selector=self._selector, _preload_content=False, _request_timeout=30
+        )
+        doc = _json(resp)
+        for item in doc.get("items") or []:
+            self._deliver(None, item)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.synced.set)
+        return str(doc["metadata"]["resourceVersion"])
+
+    def _watch(self, version: str) -> str:
+        resp = self._list_fn()(
+            label_selector=self._selector,
+            watch=True,
+            resource_version=version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self._timeout,
+            _preload_content=False,
+            _request_timeout=self._timeout + 10,
+        )
+        try:
+            for event in _lines(resp):
+                type_ = event.get("type")
+                obj = event.get("object") or {}
+                if type_ == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Gone
+                    raise KubeError(f"watch error {obj.get('code')} {obj.get('reason')}")
+                version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                if type_ != "BOOKMARK":
+                    self._deliver(type_, obj)
+                if self._stopping.is_set():
+                    break
+        finally:
+            resp.release_conn()
+        return version
+
+
+class _Gone(Exception):
+    pass
+
+
+def _safe(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return type(exc).__name__
+
+
+def _lines(resp: Any) -> Iterator[dict[str, Any]]:
+    buffer = b""
+    for chunk in resp.stream(amt=65536, decode_content=False):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
+    if buffer.strip():
+        yield json.loads(buffer)
+
+
+def read_credentials_sync(
+    namespace: str, name: str, client_id_key: str, client_secret_key: str
+) -> ClientCredentials:
+    """For ``itcare-operator token --from-secret``: read an API account Secret now."""
+    client = kubernetes.client.ApiClient(load_config())
+    try:
+        core = kubernetes.client.CoreV1Api(client)
+        try:
+            secret = _json(core.read_namespaced_secret(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                secret = None
+            else:
+                raise CredentialError(
+                    f"cannot read Secret {namespace}/{name}: {exc.status} {exc.reason}",
+                    reason=Reason.SOURCE_SECRET_NOT_FOUND,
+                ) from None
+        return credentials_from_secret(
+            secret,
+            name=f"{namespace}/{name}",
+            client_id_key=client_id_key,
+            client_secret_key=client_secret_key,
+            require_label=False,
+        )
+    finally:
+        client.close()  # type: ignore[no-untyped-call]

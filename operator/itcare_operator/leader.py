@@ -1,0 +1,176 @@
+"""Leader election with a ``coordination.k8s.io/v1`` Lease, as client-go does it.
+
+Only the leader watches and refreshes. A standby polls every ``retry_period`` and
+takes the Lease once it has not been renewed for ``lease_duration``; a leader that
+cannot renew within ``renew_deadline`` stops (and is restarted as a standby), so two
+replicas never refresh at the same time. A clean shutdown releases the Lease, so the
+standby takes over at its next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+import kubernetes
+
+from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound, _json
+
+__all__ = ["LeaseElector", "LostLeadership"]
+
+log = logging.getLogger(__name__)
+
+
+class LostLeadership(Exception):
+    pass
+
+
+def _micro(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class LeaseElector:
+    def __init__(
+        self,
+        kube: KubeClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        *,
+        lease_duration: float = 15.0,
+        renew_deadline: float = 10.0,
+        retry_period: float = 2.0,
+    ) -> None:
+        self._kube = kube
+        self._api = kubernetes.client.CoordinationV1Api(kube.api_client)
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.lease_duration = lease_duration
+        self.renew_deadline = renew_deadline
+        self.retry_period = retry_period
+        self._lease: dict[str, Any] | None = None
+
+    async def _get(self) -> dict[str, Any] | None:
+        try:
+            resp = await self._kube._call(
+                f"get Lease {self.namespace}/{self.name}",
+                self._api.read_namespaced_lease,
+                self.name,
+                self.namespace,
+                _preload_content=False,
+            )
+        except NotFound:
+            return None
+        return _json(resp)
+
+    def _spec(self, now: dt.datetime, transitions: int, acquired: str | None) -> dict[str, Any]:
+        return {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": int(self.lease_duration),
+            "acquireTime": acquired or _micro(now),
+            "renewTime": _micro(now),
+            "leaseTransitions": transitions,
+        }
+
+    async def try_acquire(self) -> bool:
+        """One attempt to take or renew the Lease."""
+        now = dt.datetime.now(dt.UTC)
+        lease = await self._get()
+        try:
+            if lease is None:
+                body = {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace},
+                    "spec": self._spec(now, 0, None),
+                }
+                resp = await self._kube._call(
+                    "create Lease",
+                    self._api.create_namespaced_lease,
+                    self.namespace,
+                    body,
+                    _preload_content=False,
+                )
+                self._lease = _json(resp)
+                return True
+            spec = lease.get("spec") or {}
+            holder = spec.get("holderIdentity")
+            renewed = _parse(spec.get("renewTime"))
+            duration = spec.get("leaseDurationSeconds") or self.lease_duration
+            expired = renewed is None or now > renewed + dt.timedelta(seconds=duration)
+            if holder and holder != self.identity and not expired:
+                return False
+            mine = holder == self.identity
+            transitions = int(spec.get("leaseTransitions") or 0) + (0 if mine else 1)
+            lease["spec"] = self._spec(now, transitions, spec.get("acquireTime") if mine else None)
+            resp = await self._kube._call(
+                "update Lease",
+                self._api.replace_namespaced_lease,
+                self.name,
+                self.namespace,
+                lease,
+                _preload_content=False,
+            )
+            self._lease = _json(resp)
+            return True
+        except Conflict:
+            return False
+
+    async def acquire(self) -> None:
+        logged = False
+        while True:
+            try:
+                if await self.try_acquire():
+                    log.info("became leader (Lease %s/%s)", self.namespace, self.name)
+                    return
+            except KubeError as exc:
+                log.warning("leader election: %s", exc)
+            if not logged:
+                log.info("waiting to become leader (Lease %s/%s)", self.namespace, self.name)
+                logged = True
+            await asyncio.sleep(self.retry_period)
+
+    async def hold(self) -> None:
+        """Renew until leadership is lost; then raise :class:`LostLeadership`."""
+        last = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(self.retry_period)
+            try:
+                if await self.try_acquire():
+                    last = asyncio.get_running_loop().time()
+                    continue
+                raise LostLeadership("another replica holds the Lease")
+            except KubeError as exc:
+                log.warning("leader election: renewing failed: %s", exc)
+            if asyncio.get_running_loop().time() - last > self.renew_deadline:
+                raise LostLeadership(f"could not renew the Lease for {self.renew_deadline:g}s")
+
+    async def release(self) -> None:
+        lease = self._lease
+        if lease is None:
+            return
+        lease["spec"] = {
+            **(lease.get("spec") or {}),
+            "holderIdentity": None,
+            "leaseDurationSeconds": 1,
+        }
+        try:
+            await self._kube._call(
+                "release Lease",
+                self._api.replace_namespaced_lease,
+                self.name,
+                self.namespace,
+                lease,
+                _preload_content=False,
+            )
+        except KubeError as exc:
+            log.info("could not release the Lease: %s", exc)

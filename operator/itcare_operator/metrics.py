@@ -1,0 +1,117 @@
+"""Prometheus metrics of the public contract, on an injected registry.
+
+Labels are namespace/name/result/grant/reason/state only: never a token, secret or
+client id. Per-credential series are removed when the credential is deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from itcare_operator._version import __version__
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.refresh_total = Counter(
+            "itcare_token_refresh_total",
+            "Token refresh attempts by outcome and grant.",
+            ["namespace", "name", "result", "grant"],
+            registry=r,
+        )
+        self.refresh_errors_total = Counter(
+            "itcare_token_refresh_errors_total",
+            "Failed refresh attempts by Refreshed reason.",
+            ["namespace", "name", "reason"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "itcare_token_request_duration_seconds",
+            "Duration of token endpoint requests.",
+            ["result"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20),
+        )
+        self.expiration = Gauge(
+            "itcare_token_expiration_timestamp_seconds",
+            "Unix time the token in the target Secret expires.",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.next_refresh = Gauge(
+            "itcare_token_next_refresh_timestamp_seconds",
+            "Unix time of the next scheduled refresh.",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "itcare_credential_ready",
+            "1 when the credential's target Secret holds a valid token.",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.credentials = Gauge(
+            "itcare_credentials",
+            "Credentials by state.",
+            ["state"],
+            registry=r,
+        )
+        for state in ("ready", "not_ready", "suspended"):
+            self.credentials.labels(state).set(0)
+        build = Gauge("itcare_build_info", "Build information.", ["version"], registry=r)
+        build.labels(__version__).set(1)
+
+    def observe_request(self, seconds: float, ok: bool) -> None:
+        self.request_duration.labels("success" if ok else "failure").observe(seconds)
+
+    def refreshed(self, namespace: str, name: str, grant: str) -> None:
+        self.refresh_total.labels(namespace, name, "success", grant).inc()
+
+    def failed(self, namespace: str, name: str, grant: str, reason: str) -> None:
+        self.refresh_total.labels(namespace, name, "failure", grant).inc()
+        self.refresh_errors_total.labels(namespace, name, reason).inc()
+
+    def credential_state(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        ready: bool,
+        expires_at: dt.datetime | None,
+        next_refresh: dt.datetime | None,
+    ) -> None:
+        self.ready.labels(namespace, name).set(1 if ready else 0)
+        if expires_at is not None:
+            self.expiration.labels(namespace, name).set(expires_at.timestamp())
+        else:
+            _remove(self.expiration, namespace, name)
+        if next_refresh is not None:
+            self.next_refresh.labels(namespace, name).set(next_refresh.timestamp())
+        else:
+            _remove(self.next_refresh, namespace, name)
+
+    def set_counts(self, ready: int, not_ready: int, suspended: int) -> None:
+        self.credentials.labels("ready").set(ready)
+        self.credentials.labels("not_ready").set(not_ready)
+        self.credentials.labels("suspended").set(suspended)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop every series of a deleted credential."""
+        for gauge in (self.expiration, self.next_refresh, self.ready):
+            _remove(gauge, namespace, name)
+        for counter in (self.refresh_total, self.refresh_errors_total):
+            for labels in list(counter._metrics):
+                if labels[0] == namespace and labels[1] == name:
+                    counter.remove(*labels)
+
+
+def _remove(metric: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)

@@ -1,0 +1,159 @@
+"""``itcare-operator run``: wire settings, clients, controller, kopf and leader election."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+
+import kopf
+
+from itcare_operator import handlers  # noqa: F401 - registers the kopf handlers
+from itcare_operator._version import __version__
+from itcare_operator.controller import Controller
+from itcare_operator.health import HttpServers
+from itcare_operator.kube import KubeClient, SecretWatch
+from itcare_operator.leader import LeaseElector, LostLeadership
+from itcare_operator.logs import configure_logging
+from itcare_operator.metrics import Metrics
+from itcare_operator.settings import Settings
+from itcare_operator.source_secret import SOURCE_LABEL
+from itcare_operator.target_secret import MANAGED_BY, MANAGED_BY_LABEL
+from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
+
+__all__ = ["Runtime", "run_operator"]
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Everything that runs beside kopf's own CRD watch: watches, scheduler, HTTP."""
+
+    def __init__(self, settings: Settings, kube: KubeClient) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.metrics = Metrics()
+        self.endpoints = TokenEndpoints(
+            lambda url, ca: TokenEndpoint(
+                url,
+                ca_bundle=ca,
+                max_concurrent=settings.max_concurrent_requests,
+                rate=settings.requests_per_second,
+            )
+        )
+        self.controller = Controller(settings, kube, self.endpoints, self.metrics)
+        self.watches: list[SecretWatch] = []
+        self.http = HttpServers(
+            registry=self.metrics.registry,
+            heartbeat=lambda: self.controller.scheduler.heartbeat,
+            ready=self.ready,
+        )
+
+    def ready(self) -> bool:
+        return all(w.synced.is_set() for w in self.watches)
+
+    async def start(self) -> None:
+        source_selector = f"{SOURCE_LABEL}=true" if self.settings.require_source_label else ""
+        target_selector = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+        for namespace in self.settings.namespaces or [None]:
+            self.watches.append(
+                SecretWatch(
+                    self.kube,
+                    source_selector,
+                    self.controller.source_secret_event,
+                    namespace=namespace,
+                )
+            )
+            self.watches.append(
+                SecretWatch(
+                    self.kube,
+                    target_selector,
+                    self.controller.target_secret_event,
+                    namespace=namespace,
+                )
+            )
+        for watch in self.watches:
+            watch.start()
+        self.controller.scheduler.start()
+        await self.http.start(self.settings.health_port, self.settings.metrics_port)
+        log.info(
+            "itcare-token-operator %s started (%s)",
+            __version__,
+            ", ".join(self.settings.namespaces) or "all namespaces",
+        )
+
+    async def stop(self) -> None:
+        for watch in self.watches:
+            watch.stop()
+        await self.controller.scheduler.stop()
+        await self.endpoints.aclose()
+        await self.http.stop()
+
+
+class _Memo(kopf.Memo):
+    runtime: Runtime
+
+    async def start_background(self, controller: Controller) -> None:
+        await self.runtime.start()
+
+    async def stop_background(self) -> None:
+        await self.runtime.stop()
+
+
+async def _operate(settings: Settings) -> int:
+    kube = KubeClient(threads=16)
+    elector: LeaseElector | None = None
+    if not settings.standalone:
+        namespace = os.environ.get("POD_NAMESPACE") or (settings.namespaces or ("default",))[0]
+        identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        elector = LeaseElector(kube, namespace, settings.peering_name, identity)
+        await elector.acquire()
+    runtime = Runtime(settings, kube)
+    memo = _Memo(controller=runtime.controller)
+    memo.runtime = runtime
+    stop = asyncio.Event()
+    code = 0
+
+    async def keep_leadership() -> None:
+        nonlocal code
+        assert elector is not None
+        try:
+            await elector.hold()
+        except LostLeadership as exc:
+            log.error("lost leadership: %s; stopping", exc)
+            code = 1
+            stop.set()
+
+    holder = asyncio.create_task(keep_leadership()) if elector else None
+    try:
+        await kopf.operator(
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            standalone=True,
+            memo=memo,
+            stop_flag=stop,
+        )
+    finally:
+        if holder:
+            holder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holder
+        if elector is not None and code == 0:
+            await elector.release()
+        kube.close()
+    return code
+
+
+def run_operator(settings: Settings) -> int:
+    configure_logging(settings.log_format, settings.log_level)
+    started = time.monotonic()
+    try:
+        return asyncio.run(_operate(settings))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        log.info("stopped after %.0fs", time.monotonic() - started)

@@ -1,0 +1,118 @@
+"""One timer wheel for all credentials: a heap of due times and a bounded worker pool.
+
+A credential is never reconciled twice at once: a wake-up that arrives while it runs
+is remembered and served right after. Ten thousand credentials cost ten thousand
+heap entries, not ten thousand sleeping tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        work: Callable[[Hashable], Awaitable[None]],
+        *,
+        concurrency: int = 32,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._work = work
+        self._clock = clock
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._due: dict[Hashable, tuple[float, int]] = {}
+        self._seq = itertools.count()
+        self._running: set[Hashable] = set()
+        self._again: set[Hashable] = set()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.heartbeat = time.monotonic()
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(
+            *self._tasks, *(t for t in [self._loop_task] if t), return_exceptions=True
+        )
+
+    def schedule(self, key: Hashable, when: float, *, earlier_only: bool = False) -> None:
+        """Run ``key`` at unix time ``when`` (replacing its previous time)."""
+        current = self._due.get(key)
+        if earlier_only and current is not None and current[0] <= when:
+            return
+        seq = next(self._seq)
+        self._due[key] = (when, seq)
+        heapq.heappush(self._heap, (when, seq, key))
+        if self._heap[0][1] == seq:
+            self._changed.set()
+
+    def now(self, key: Hashable) -> None:
+        """Run ``key`` as soon as possible."""
+        self.schedule(key, self._clock(), earlier_only=True)
+
+    def cancel(self, key: Hashable) -> None:
+        self._due.pop(key, None)
+        self._again.discard(key)
+
+    def due_at(self, key: Hashable) -> float | None:
+        entry = self._due.get(key)
+        return entry[0] if entry else None
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    async def _loop(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            self._changed.clear()
+            now = self._clock()
+            while self._heap and self._heap[0][0] <= now:
+                when, seq, key = heapq.heappop(self._heap)
+                if self._due.get(key) != (when, seq):
+                    continue  # superseded or cancelled
+                del self._due[key]
+                if key in self._running:
+                    self._again.add(key)
+                    continue
+                await self._slots.acquire()
+                self._running.add(key)
+                task = asyncio.create_task(self._run(key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            timeout = min(self._heap[0][0] - self._clock(), 5.0) if self._heap else 5.0
+            if timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout)
+
+    async def _run(self, key: Hashable) -> None:
+        try:
+            await self._work(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the safety net: one credential's bug must not stop the others
+            log.exception("reconcile of %s failed unexpectedly; retrying in 30s", key)
+            self.schedule(key, self._clock() + 30, earlier_only=True)
+        finally:
+            self._running.discard(key)
+            self._slots.release()
+            if key in self._again:
+                self._again.discard(key)
+                self.now(key)

@@ -1,0 +1,119 @@
+"""``ITCareCredential.status``: conditions with Kubernetes API conventions.
+
+Ready follows cert-manager: True while the target Secret holds a token valid now,
+even while refreshes fail. Refreshed reports the latest attempt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from itcare_operator.errors import Reason
+from itcare_operator.token import format_time
+
+__all__ = ["Condition", "Observation", "ready_condition", "render_status"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """Everything the status is computed from; produced by the reconciler."""
+
+    generation: int
+    suspended: bool
+    token_expires_at: dt.datetime | None
+    refresh_token_expires_at: dt.datetime | None
+    refreshed: Condition | None  # None: no attempt yet in this operator's life
+    last_refresh: dt.datetime | None
+    next_refresh: dt.datetime | None
+    last_failure: dt.datetime | None
+    consecutive_failures: int
+
+
+def ready_condition(obs: Observation, now: dt.datetime) -> Condition:
+    expires = obs.token_expires_at
+    valid = expires is not None and now < expires
+    if obs.suspended:
+        state = (
+            f"token valid until {format_time(expires)}" if valid and expires else "no valid token"
+        )
+        return Condition("Ready", valid, Reason.SUSPENDED, f"refreshing is suspended; {state}")
+    if valid and expires is not None:
+        return Condition(
+            "Ready", True, Reason.TOKEN_VALID, f"token valid until {format_time(expires)}"
+        )
+    if expires is not None:
+        return Condition(
+            "Ready", False, Reason.TOKEN_EXPIRED, f"token expired at {format_time(expires)}"
+        )
+    return Condition("Ready", False, Reason.NO_TOKEN, "no token has been obtained yet")
+
+
+def _condition_dict(
+    cond: Condition, previous: Sequence[Mapping[str, Any]], generation: int, now: dt.datetime
+) -> dict[str, Any]:
+    status = "True" if cond.status else "False"
+    before = next((c for c in previous if c.get("type") == cond.type), None)
+    changed = before is None or before.get("status") != status
+    since = (
+        format_time(now)
+        if changed or not before
+        else before.get("lastTransitionTime", format_time(now))
+    )
+    return {
+        "type": cond.type,
+        "status": status,
+        "reason": str(cond.reason),
+        "message": cond.message,
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
+
+
+def render_status(
+    obs: Observation, previous: Mapping[str, Any] | None, now: dt.datetime
+) -> dict[str, Any]:
+    """The whole status object; ``previous`` keeps lastTransitionTime stable."""
+    previous = previous or {}
+    old_conditions = previous.get("conditions") or []
+    ready = ready_condition(obs, now)
+    conditions = [_condition_dict(ready, old_conditions, obs.generation, now)]
+    refreshed = obs.refreshed
+    if refreshed is None:
+        # Keep what an earlier run of the operator reported, if anything.
+        kept = next((c for c in old_conditions if c.get("type") == "Refreshed"), None)
+        if kept is not None:
+            conditions.append(dict(kept))
+    else:
+        conditions.append(_condition_dict(refreshed, old_conditions, obs.generation, now))
+    failing = next(
+        (c for c in conditions if c["type"] == "Refreshed" and c["status"] == "False"), None
+    )
+    summary = failing["reason"] if failing else conditions[0]["reason"]
+
+    def when(value: dt.datetime | None, key: str) -> str | None:
+        return format_time(value) if value else previous.get(key)
+
+    return {
+        "observedGeneration": obs.generation,
+        "conditions": conditions,
+        "summaryReason": summary,
+        "tokenExpiresAt": format_time(obs.token_expires_at) if obs.token_expires_at else None,
+        "refreshTokenExpiresAt": (
+            format_time(obs.refresh_token_expires_at) if obs.refresh_token_expires_at else None
+        ),
+        "lastRefreshTime": when(obs.last_refresh, "lastRefreshTime"),
+        "nextRefreshTime": format_time(obs.next_refresh) if obs.next_refresh else None,
+        "lastFailureTime": when(obs.last_failure, "lastFailureTime"),
+        "consecutiveFailures": obs.consecutive_failures,
+    }

@@ -1,0 +1,173 @@
+"""The target Secret: what it must contain, whether we own it, what token it holds.
+
+Pure functions over Secret dicts (API JSON); the API calls are in :mod:`kube`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from itcare_operator.spec import CredentialSpec, SecretKeys
+from itcare_operator.token import Token, format_time, parse_time
+
+__all__ = [
+    "CREDENTIAL_LABEL",
+    "EXPIRES_AT_ANNOTATION",
+    "MANAGED_BY",
+    "MANAGED_BY_LABEL",
+    "REFRESHED_AT_ANNOTATION",
+    "Owner",
+    "desired_secret",
+    "is_owned",
+    "needs_write",
+    "stored_token",
+    "updated_secret",
+]
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "itcare-token-operator"
+CREDENTIAL_LABEL = "itcare.cegedim.cloud/credential"
+EXPIRES_AT_ANNOTATION = "itcare.cegedim.cloud/expires-at"
+REFRESHED_AT_ANNOTATION = "itcare.cegedim.cloud/refreshed-at"
+API_VERSION = "itcare.cegedim.cloud/v1alpha1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """The ITCareCredential a target Secret belongs to."""
+
+    namespace: str
+    name: str
+    uid: str
+    kind: str = "ITCareCredential"
+    api_version: str = API_VERSION
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def desired_secret(spec: CredentialSpec, owner: Owner, token: Token) -> dict[str, Any]:
+    """The complete target Secret for this token."""
+    keys = spec.keys
+    labels = {**spec.target_labels, MANAGED_BY_LABEL: MANAGED_BY, CREDENTIAL_LABEL: owner.name}
+    annotations = {
+        **spec.target_annotations,
+        EXPIRES_AT_ANNOTATION: format_time(token.expires_at),
+        REFRESHED_AT_ANNOTATION: format_time(token.received_at),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": spec.target_name,
+            "namespace": owner.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner.reference()],
+        },
+        "data": {
+            keys.access_token: _b64(token.access_token),
+            keys.token_type: _b64(token.token_type),
+            keys.expires_at: _b64(format_time(token.expires_at)),
+            keys.authorization: _b64(token.authorization),
+        },
+    }
+
+
+def is_owned(secret: Mapping[str, Any], uid: str) -> bool:
+    """True when the Secret names this credential as its controller owner."""
+    refs = (secret.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
+
+
+def _ours_in(current: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
+    return all(current.get(k) == v for k, v in wanted.items())
+
+
+def needs_write(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Does the existing Secret differ from what we want in anything we manage?"""
+    meta, want = existing.get("metadata") or {}, desired["metadata"]
+    return (
+        (existing.get("data") or {}) != desired["data"]
+        or existing.get("type", "Opaque") != "Opaque"
+        or not _ours_in(meta.get("labels") or {}, want["labels"])
+        or not _ours_in(meta.get("annotations") or {}, want["annotations"])
+        or not any(
+            ref.get("uid") == want["ownerReferences"][0]["uid"] and ref.get("controller")
+            for ref in meta.get("ownerReferences") or []
+        )
+    )
+
+
+def updated_secret(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """``desired``, keeping labels and annotations that other tools added to the Secret.
+
+    The data is ours alone: keys someone else added are removed.
+    """
+    meta = existing.get("metadata") or {}
+    want = desired["metadata"]
+    others = [
+        r
+        for r in meta.get("ownerReferences") or []
+        if r.get("uid") != want["ownerReferences"][0]["uid"]
+    ]
+    return {
+        **desired,
+        "metadata": {
+            **want,
+            "labels": {**(meta.get("labels") or {}), **want["labels"]},
+            "annotations": {**(meta.get("annotations") or {}), **want["annotations"]},
+            "ownerReferences": [
+                *want["ownerReferences"],
+                *(r for r in others if not r.get("controller")),
+            ],
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+    }
+
+
+def stored_token(secret: Mapping[str, Any] | None, keys: SecretKeys) -> Token | None:
+    """The token a target Secret holds, so a restarted operator can reuse it.
+
+    Expiry comes from our ``expires-at`` annotation, else from the ``expires_at`` key;
+    the receive time from ``refreshed-at`` (else the lifetime is unknown and taken
+    as ending now, which schedules a prompt but not immediate refresh).
+    """
+    if not secret:
+        return None
+    meta = secret.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    data = secret.get("data") or {}
+    try:
+        access_token = base64.b64decode(data.get(keys.access_token) or "", validate=True).decode()
+        expires_text = (
+            annotations.get(EXPIRES_AT_ANNOTATION)
+            or base64.b64decode(data.get(keys.expires_at) or "", validate=True).decode()
+        )
+        expires_at = parse_time(expires_text)
+        refreshed = annotations.get(REFRESHED_AT_ANNOTATION)
+        received_at = parse_time(refreshed) if refreshed else None
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    if not access_token:
+        return None
+    if received_at is None or received_at >= expires_at:
+        received_at = expires_at - dt.timedelta(seconds=1)
+    return Token(access_token=access_token, received_at=received_at, expires_at=expires_at)
