@@ -236,12 +236,12 @@ class OperatorProcess:
         ) as r:
             return str(r.read().decode())
 
-    def metric(self, name: str, **labels: str) -> float | None:
+    def metric(self, metric_name: str, /, **labels: str) -> float | None:
         from prometheus_client.parser import text_string_to_metric_families
 
         for family in text_string_to_metric_families(self.metrics()):
             for sample in family.samples:
-                if sample.name == name and all(
+                if sample.name == metric_name and all(
                     sample.labels.get(k) == v for k, v in labels.items()
                 ):
                     return float(sample.value)

@@ -96,12 +96,14 @@ class Runtime:
 
 class _Memo(kopf.Memo):
     runtime: Runtime
+    stop: asyncio.Event
 
     async def start_background(self, controller: Controller) -> None:
         await self.runtime.start()
 
     async def stop_background(self) -> None:
         await self.runtime.stop()
+        self.stop.set()  # else kopf waits 5 s for its stop-flag waiter on SIGTERM
 
 
 async def _operate(settings: Settings) -> int:
@@ -115,7 +117,7 @@ async def _operate(settings: Settings) -> int:
     runtime = Runtime(settings, kube)
     memo = _Memo(controller=runtime.controller)
     memo.runtime = runtime
-    stop = asyncio.Event()
+    stop = memo.stop = asyncio.Event()
     code = 0
 
     async def keep_leadership() -> None:
