@@ -1,0 +1,238 @@
+"""Pure domain logic: spec defaults/validation, source and target Secrets, status."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from itcare_operator.errors import Reason
+from itcare_operator.source_secret import SourceSecretError, credentials_from_secret
+from itcare_operator.spec import InvalidSpec, SecretKeys, parse_spec
+from itcare_operator.status import Condition, Observation, render_status
+from itcare_operator.target_secret import (
+    Owner,
+    desired_secret,
+    is_owned,
+    needs_write,
+    stored_token,
+    updated_secret,
+)
+from itcare_operator.token import Token
+from itcare_operator.token_endpoint import DEFAULT_TOKEN_URL, Grant
+
+NOW = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
+SPEC: dict[str, Any] = {"clientSecretRef": {"name": "acct"}, "targetSecret": {"name": "tok"}}
+OWNER = Owner("ns", "billing", "uid-1")
+TOKEN = Token("at-123", NOW, NOW + dt.timedelta(seconds=1200))
+
+
+def b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def test_spec_defaults_without_server_defaulting() -> None:
+    spec = parse_spec(SPEC)
+    assert (spec.client_id_key, spec.client_secret_key) == ("client-id", "client-secret")
+    assert spec.token_url == DEFAULT_TOKEN_URL and spec.grant is Grant.CLIENT_CREDENTIALS
+    assert spec.keys == SecretKeys() and spec.refresh_before is None and not spec.suspend
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"clientSecretRef": None}, "clientSecretRef is required"),
+        ({"targetSecret": {"name": "acct"}}, "must differ"),
+        ({"targetSecret": {"name": "UPPER"}}, "valid Secret name"),
+        ({"tokenURL": "http://evil.example/token"}, "tokenURL must be https"),
+        ({"tokenURL": 42}, "must be a string"),
+        ({"grant": "Password"}, "spec.grant"),
+        ({"refreshBeforeExpirySeconds": 5}, "30..86400"),
+        ({"refreshBeforeExpirySeconds": "60"}, "30..86400"),
+        ({"suspend": "yes"}, "true or false"),
+        (
+            {"targetSecret": {"name": "tok", "keys": {"accessToken": "a", "tokenType": "a"}}},
+            "distinct",
+        ),
+        ({"targetSecret": {"name": "tok", "keys": {"accessToken": "a/b"}}}, "valid Secret key"),
+        ({"targetSecret": {"name": "tok", "labels": {"a": 1}}}, "strings to strings"),
+    ],
+)
+def test_spec_rejections(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSpec, match=message) as info:
+        parse_spec({**SPEC, **change})
+    assert info.value.reason is Reason.INVALID_SPEC
+
+
+def test_spec_full() -> None:
+    spec = parse_spec(
+        {
+            **SPEC,
+            "tokenURL": "http://127.0.0.1:8080/t",
+            "scope": "  a   b ",
+            "grant": "RefreshToken",
+            "refreshBeforeExpirySeconds": 120,
+            "targetSecret": {"name": "tok", "keys": {"accessToken": "token"}},
+        }
+    )
+    assert spec.scope == "a b" and spec.grant is Grant.REFRESH_TOKEN
+    assert spec.refresh_before == dt.timedelta(seconds=120)
+    assert spec.keys.access_token == "token" and spec.keys.authorization == "authorization"
+
+
+def source(data: dict[str, str], labelled: bool = True) -> dict[str, Any]:
+    labels = {"itcare.cegedim.cloud/api-account": "true"} if labelled else {}
+    return {"metadata": {"name": "acct", "labels": labels}, "data": data}
+
+
+def read(secret: dict[str, Any] | None, require_label: bool = True) -> Any:
+    return credentials_from_secret(
+        secret,
+        name="acct",
+        client_id_key="client-id",
+        client_secret_key="client-secret",
+        require_label=require_label,
+    )
+
+
+def test_source_secret_ok() -> None:
+    creds = read(source({"client-id": b64("id\n"), "client-secret": b64("sec")}))
+    assert (creds.client_id, creds.client_secret) == ("id", "sec")
+    assert "sec" not in repr(creds) and "id" not in repr(creds).replace("ClientCredentials", "")
+
+
+@pytest.mark.parametrize(
+    ("secret", "reason", "message"),
+    [
+        (None, Reason.SOURCE_SECRET_NOT_FOUND, "not found"),
+        (
+            source({"client-id": b64("i"), "client-secret": b64("s")}, labelled=False),
+            Reason.SOURCE_SECRET_NOT_LABELED,
+            "lacks the label",
+        ),
+        (source({"client-id": b64("i")}), Reason.SOURCE_SECRET_INVALID, "no key 'client-secret'"),
+        (
+            source({"client-id": b64("i"), "client-secret": b64("  ")}),
+            Reason.SOURCE_SECRET_INVALID,
+            "empty",
+        ),
+        (
+            source({"client-id": b64(b"\xff"), "client-secret": b64("s")}),
+            Reason.SOURCE_SECRET_INVALID,
+            "UTF-8",
+        ),
+        (
+            source({"client-id": b64("i"), "client-secret": b64("x" * 5000)}),
+            Reason.SOURCE_SECRET_INVALID,
+            "larger than",
+        ),
+        (
+            source({"client-id": b64("i\x00j"), "client-secret": b64("s")}),
+            Reason.SOURCE_SECRET_INVALID,
+            "control characters",
+        ),
+        (
+            source({"client-id": "!!!", "client-secret": b64("s")}),
+            Reason.SOURCE_SECRET_INVALID,
+            "base64",
+        ),
+    ],
+)
+def test_source_secret_errors(secret: Any, reason: Reason, message: str) -> None:
+    with pytest.raises(SourceSecretError, match=message) as info:
+        read(secret)
+    assert info.value.reason is reason
+
+
+def test_source_label_not_required_when_disabled() -> None:
+    assert (
+        read(source({"client-id": b64("i"), "client-secret": b64("s")}, False), False).client_id
+        == "i"
+    )
+
+
+def test_target_secret_round_trip() -> None:
+    spec = parse_spec({**SPEC, "targetSecret": {"name": "tok", "labels": {"team": "a"}}})
+    desired = desired_secret(spec, OWNER, TOKEN)
+    assert desired["metadata"]["labels"]["team"] == "a"
+    assert base64.b64decode(desired["data"]["authorization"]) == b"Bearer at-123"
+    assert is_owned(desired, "uid-1") and not is_owned(desired, "uid-2")
+    assert not needs_write(desired, desired)
+    stored = stored_token(desired, spec.keys)
+    assert stored is not None
+    assert (stored.access_token, stored.expires_at, stored.received_at) == (
+        "at-123",
+        TOKEN.expires_at,
+        TOKEN.received_at,
+    )
+
+
+def test_drift_detection_and_update_keeps_foreign_metadata() -> None:
+    spec = parse_spec(SPEC)
+    desired = desired_secret(spec, OWNER, TOKEN)
+    existing = {
+        **desired,
+        "data": {**desired["data"], "extra": b64("x")},
+        "metadata": {
+            **desired["metadata"],
+            "resourceVersion": "7",
+            "labels": {**desired["metadata"]["labels"], "other": "tool"},
+        },
+    }
+    assert needs_write(existing, desired)
+    updated = updated_secret(existing, desired)
+    assert updated["data"] == desired["data"]
+    assert updated["metadata"]["labels"]["other"] == "tool"
+    assert updated["metadata"]["resourceVersion"] == "7"
+    no_owner = {**desired, "metadata": {**desired["metadata"], "ownerReferences": []}}
+    assert needs_write(no_owner, desired)
+
+
+def test_stored_token_tolerates_garbage() -> None:
+    keys = SecretKeys()
+    assert stored_token(None, keys) is None
+    assert stored_token({"data": {"access_token": "!!"}}, keys) is None
+    assert (
+        stored_token({"data": {"access_token": b64("t"), "expires_at": b64("soon")}}, keys) is None
+    )
+    token = stored_token(
+        {"data": {"access_token": b64("t"), "expires_at": b64("2026-11-28T10:20:00Z")}}, keys
+    )
+    assert token is not None and token.received_at < token.expires_at
+
+
+def obs(**kw: Any) -> Observation:
+    base: dict[str, Any] = dict(
+        generation=2,
+        suspended=False,
+        token_expires_at=NOW + dt.timedelta(seconds=60),
+        refresh_token_expires_at=None,
+        refreshed=None,
+        last_refresh=NOW,
+        next_refresh=NOW + dt.timedelta(seconds=30),
+        last_failure=None,
+        consecutive_failures=0,
+    )
+    return Observation(**{**base, **kw})
+
+
+def test_status_ready_semantics_and_stable_transition_times() -> None:
+    failing = Condition("Refreshed", False, Reason.TOKEN_ENDPOINT_UNAVAILABLE, "503")
+    first = render_status(obs(refreshed=failing), None, NOW)
+    ready, refreshed = first["conditions"]
+    assert (refreshed["status"], refreshed["reason"]) == ("False", "TokenEndpointUnavailable")
+    assert (ready["status"], ready["reason"]) == ("True", "TokenValid")  # cert-manager semantics
+    assert first["summaryReason"] == "TokenEndpointUnavailable"
+    later = NOW + dt.timedelta(seconds=10)
+    second = render_status(obs(refreshed=failing), first, later)
+    assert second["conditions"][0]["lastTransitionTime"] == ready["lastTransitionTime"]
+    expired = render_status(obs(refreshed=failing), second, NOW + dt.timedelta(seconds=61))
+    assert expired["conditions"][0]["reason"] == "TokenExpired"
+    assert expired["conditions"][0]["lastTransitionTime"] == "2026-11-28T10:01:01Z"
+    none = render_status(obs(token_expires_at=None), None, NOW)
+    assert none["conditions"][0]["reason"] == "NoToken" and none["tokenExpiresAt"] is None
+    suspended = render_status(obs(suspended=True), None, NOW)
+    assert suspended["conditions"][0]["reason"] == "Suspended"
+    assert all(c["observedGeneration"] == 2 for c in first["conditions"])

@@ -1,0 +1,60 @@
+"""The scheduler: due order, no concurrent runs of one key, superseded entries."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Hashable
+
+from itcare_operator.scheduler import Scheduler
+
+
+async def test_runs_in_due_order_and_never_twice_at_once() -> None:
+    ran: list[Hashable] = []
+    running: set[Hashable] = set()
+    overlap = False
+
+    async def work(key: Hashable) -> None:
+        nonlocal overlap
+        overlap |= key in running
+        running.add(key)
+        ran.append(key)
+        await asyncio.sleep(0.05)
+        running.discard(key)
+
+    s = Scheduler(work, concurrency=4)
+    s.start()
+    now = time.time()
+    s.schedule("b", now + 0.2)
+    s.schedule("a", now + 0.1)
+    s.schedule("c", now + 5)
+    s.schedule("c", now + 0.3)  # supersedes the later time
+    await asyncio.sleep(0.5)
+    assert ran == ["a", "b", "c"]
+    s.now("a")
+    s.now("a")  # coalesced while due
+    await asyncio.sleep(0.01)
+    s.now("a")  # arrives while running: served right after, once
+    await asyncio.sleep(0.3)
+    await s.stop()
+    assert ran.count("a") == 3 and not overlap
+
+
+async def test_cancel_and_failure_retry() -> None:
+    calls: list[str] = []
+
+    async def work(key: Hashable) -> None:
+        calls.append(str(key))
+        if key == "boom":
+            raise RuntimeError("bug")
+
+    clock = [1000.0]
+    s = Scheduler(work, clock=lambda: clock[0])
+    s.start()
+    s.schedule("gone", 1000.0 + 0.0)
+    s.cancel("gone")
+    s.now("boom")
+    await asyncio.sleep(0.1)
+    assert calls == ["boom"]
+    assert s.due_at("boom") == 1030.0  # the safety net retries in 30 s
+    await s.stop()
