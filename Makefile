@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff check operator tests scripts bench
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)

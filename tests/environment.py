@@ -374,13 +374,15 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def start(directory: Path | None = None, *, keycloak: bool = True) -> Environment:
+def start(
+    directory: Path | None = None, *, keycloak: bool = True, control_plane: bool = True
+) -> Environment:
     paths = ensure_components()
     directory = directory or Path(tempfile.mkdtemp(prefix="itcare-testenv-"))
     directory.mkdir(parents=True, exist_ok=True)
     env = Environment(directory)
     try:
-        _start(env, paths, keycloak=keycloak)
+        _start(env, paths, keycloak=keycloak, control_plane=control_plane)
     except BaseException:
         env.stop(remove=False)
         raise
@@ -388,7 +390,9 @@ def start(directory: Path | None = None, *, keycloak: bool = True) -> Environmen
     return env
 
 
-def _start(env: Environment, paths: dict[str, Path], *, keycloak: bool) -> None:
+def _start(
+    env: Environment, paths: dict[str, Path], *, keycloak: bool, control_plane: bool
+) -> None:
     d = env.directory
     pki = d / "pki"
     pki.mkdir(exist_ok=True)
@@ -452,6 +456,23 @@ def _start(env: Environment, paths: dict[str, Path], *, keycloak: bool) -> None:
             )
         )
 
+    if control_plane:
+        _start_control_plane(env, paths)
+    if keycloak:
+        well_known = f"{env.keycloak_url}/realms/cloud/.well-known/openid-configuration"
+        _wait(
+            "keycloak",
+            lambda: _http_ok(well_known),
+            240,
+            env.processes["keycloak"],
+            d / "keycloak.log",
+        )
+        env.timings["keycloak_s"] = round(time.monotonic() - kc_started, 2)
+
+
+def _start_control_plane(env: Environment, paths: dict[str, Path]) -> None:
+    d = env.directory
+    pki = d / "pki"
     started = time.monotonic()
     etcd_port, peer_port = free_port(), free_port()
     etcd_url = f"http://127.0.0.1:{etcd_port}"
@@ -551,17 +572,6 @@ def _start(env: Environment, paths: dict[str, Path], *, keycloak: bool) -> None:
         d / "kube-controller-manager.log",
     )
     env.timings["control_plane_s"] = round(time.monotonic() - started, 2)
-
-    if keycloak:
-        well_known = f"{env.keycloak_url}/realms/cloud/.well-known/openid-configuration"
-        _wait(
-            "keycloak",
-            lambda: _http_ok(well_known),
-            240,
-            env.processes["keycloak"],
-            d / "keycloak.log",
-        )
-        env.timings["keycloak_s"] = round(time.monotonic() - kc_started, 2)
 
 
 def _state_dir() -> Path | None:

@@ -44,7 +44,7 @@ from itcare_operator.target_secret import (
     updated_secret,
 )
 from itcare_operator.token import Token, format_time
-from itcare_operator.token_endpoint import TokenEndpoints, utcnow
+from itcare_operator.token_endpoint import Grant, TokenEndpoints, utcnow
 
 __all__ = ["REFRESH_ANNOTATION", "Controller", "Key"]
 
@@ -397,6 +397,9 @@ class Controller:
         first = state.token is None
         recovered = state.failures > 0
         token = result.token
+        if spec.grant is Grant.CLIENT_CREDENTIALS and token.refresh_token:
+            # Not used with this grant: do not keep the secret material around.
+            token = dataclasses.replace(token, refresh_token=None, refresh_expires_at=None)
         state.token = token
         try:
             await self._write_target(state, spec, owner, target, token.received_at)

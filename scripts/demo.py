@@ -1,0 +1,222 @@
+"""``make demo``: a local control plane, a real Keycloak, the operator, and a token
+Secret you can watch being written and refreshed.
+
+By default everything runs locally (``tests/environment.py``). Set
+``ITCARE_DEMO_CONTEXT=current`` to use your current kube context instead (the CRD and
+a namespace ``itcare-demo`` are then created there; Keycloak and the operator still
+run on this machine). Ctrl-C stops and cleans up. Without a terminal, the demo exits
+on its own once it has shown a refresh.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import environment  # noqa: E402
+
+NAMESPACE = "itcare-demo"
+CLIENT = "itcare-demo"  # 90 s tokens in the demo realm
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m==> {text}\033[0m", flush=True)
+
+
+def kubectl(env: dict[str, str], *args: str, input: str | None = None, check: bool = True) -> str:
+    proc = subprocess.run(["kubectl", *args], env=env, input=input, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def secret(env: dict[str, str]) -> dict[str, Any] | None:
+    out = kubectl(env, "-n", NAMESPACE, "get", "secret", "itcare-token", "-o", "json", check=False)
+    return json.loads(out) if out.strip() else None
+
+
+def show_secret(doc: dict[str, Any]) -> None:
+    data = {k: base64.b64decode(v).decode() for k, v in doc["data"].items()}
+    digest = hashlib.sha256(data["access_token"].encode()).hexdigest()[:12]
+    annotations = doc["metadata"]["annotations"]
+    print(f"  keys:          {', '.join(sorted(data))}")
+    print(f"  token:         sha256:{digest} ({len(data['access_token'])} chars; not printed)")
+    print(f"  token_type:    {data['token_type']}")
+    print(f"  expires_at:    {data['expires_at']}")
+    print(f"  refreshed-at:  {annotations['itcare.cegedim.cloud/refreshed-at']}")
+    owner = doc["metadata"]["ownerReferences"][0]
+    print(f"  owner:         {owner['kind']}/{owner['name']} (deleting it deletes this Secret)")
+
+
+def main() -> int:
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    use_current = os.environ.get("ITCARE_DEMO_CONTEXT") == "current"
+    say("Building or finding the components (cached after the first run)")
+    paths = environment.ensure_components()
+    say(
+        "Starting "
+        + (
+            "Keycloak (realm 'cloud' under /auth)"
+            if use_current
+            else "etcd, kube-apiserver, kube-controller-manager and Keycloak"
+        )
+    )
+    started = time.monotonic()
+    env_obj = environment.start(keycloak=True) if not use_current else None
+    keycloak_env = None
+    if use_current:  # Keycloak only; the cluster is the user's
+        keycloak_env = environment.start(control_plane=False)
+    testenv = env_obj or keycloak_env
+    assert testenv is not None
+    print(f"  up in {time.monotonic() - started:.0f}s; token URL {testenv.token_url}")
+    env = dict(os.environ)
+    env["PATH"] = f"{paths['kubectl'].parent}:{paths['helm'].parent}:{env['PATH']}"
+    if env_obj is not None:
+        env["KUBECONFIG"] = str(env_obj.kubeconfig)
+    operator: subprocess.Popen[bytes] | None = None
+    log_path = testenv.directory / "operator.log"
+
+    def cleanup(*_: Any) -> None:
+        if operator and operator.poll() is None:
+            operator.send_signal(signal.SIGTERM)
+            operator.wait(20)
+        if use_current:
+            kubectl(env, "delete", "namespace", NAMESPACE, "--wait=false", check=False)
+        testenv.stop()
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        say("Installing the CRD and the demo namespace")
+        kubectl(
+            env,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(ROOT / "crds" / "itcarecredentials.itcare.cegedim.cloud.yaml"),
+        )
+        kubectl(
+            env,
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/itcarecredentials.itcare.cegedim.cloud",
+        )
+        kubectl(env, "create", "namespace", NAMESPACE, check=False)
+        realm = json.loads(testenv.realm_file.read_text())["clients"][CLIENT]
+        # examples/, pointed at the local Keycloak and its demo API account
+        account = (ROOT / "examples" / "api-account-secret.yaml").read_text()
+        account = account.replace("team-a", NAMESPACE).replace("my-api-account", realm["client_id"])
+        account = account.replace("change-me", realm["client_secret"])
+        kubectl(env, "apply", "-f", "-", input=account)
+        credential = (
+            (ROOT / "examples" / "itcarecredential.yaml").read_text().replace("team-a", NAMESPACE)
+        )
+        credential = credential.replace(
+            "  # tokenURL defaults to", f"  tokenURL: {testenv.token_url}\n  # tokenURL defaults to"
+        )
+        kubectl(env, "apply", "-f", "-", input=credential)
+        print(credential)
+
+        say("Starting the operator (logs: " + str(log_path) + ")")
+        metrics_port, health_port = environment.free_port(), environment.free_port()
+        operator = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "itcare_operator",
+                "run",
+                f"--namespace={NAMESPACE}",
+                "--standalone",
+                f"--allowed-token-url={testenv.token_url.rsplit('/protocol/', 1)[0]}/",
+                f"--metrics-port={metrics_port}",
+                f"--health-port={health_port}",
+            ],
+            env=env,
+            stdout=open(log_path, "wb"),  # noqa: SIM115 - the child owns it
+            stderr=subprocess.STDOUT,
+        )
+        created = time.monotonic()
+        first = None
+        while first is None:
+            if operator.poll() is not None:
+                print(log_path.read_text()[-3000:])
+                raise SystemExit("the operator exited")
+            first = secret(env)
+            time.sleep(0.3)
+        say(f"Target Secret itcare-token written {time.monotonic() - created:.1f}s after start")
+        show_secret(first)
+        print(kubectl(env, "-n", NAMESPACE, "get", "itccred", "-o", "wide"))
+        refreshed_at = first["metadata"]["annotations"]["itcare.cegedim.cloud/refreshed-at"]
+        expires = first["metadata"]["annotations"]["itcare.cegedim.cloud/expires-at"]
+        say(
+            f"Waiting for the refresh (90 s tokens are refreshed with ~30 s left; expiry {expires})"
+        )
+        while True:
+            doc = secret(env)
+            if (
+                doc
+                and doc["metadata"]["annotations"]["itcare.cegedim.cloud/refreshed-at"]
+                != refreshed_at
+            ):
+                break
+            time.sleep(1)
+        now = dt.datetime.now(dt.UTC).strftime("%H:%M:%SZ")
+        say(f"Refreshed at {now}, before the old token expired ({expires})")
+        show_secret(doc)
+        say("Status")
+        status = json.loads(
+            kubectl(env, "-n", NAMESPACE, "get", "itccred", "billing", "-o", "json")
+        )["status"]
+        print(json.dumps(status, indent=2))
+        say(f"Metrics excerpt (http://127.0.0.1:{metrics_port}/metrics)")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(
+                    (
+                        "itcare_token_refresh_total",
+                        "itcare_credential_ready",
+                        "itcare_token_expiration",
+                        "itcare_credentials{",
+                    )
+                ):
+                    print("  " + line)
+        say("Poke at it")
+        if env_obj is not None:
+            print(f"  export KUBECONFIG={env_obj.kubeconfig} PATH={paths['kubectl'].parent}:$PATH")
+        print(f"  kubectl -n {NAMESPACE} get itccred -w")
+        print(
+            f"  kubectl -n {NAMESPACE} annotate itccred billing "
+            "itcare.cegedim.cloud/refresh-requested-at=$(date +%s) --overwrite"
+        )
+        print(
+            f"  kubectl -n {NAMESPACE} delete secret itcare-token   # restored with the same token"
+        )
+        print(f"  kubectl -n {NAMESPACE} get events")
+        if interactive:
+            say("Running; press Ctrl-C to stop and clean up")
+            while operator.poll() is None:
+                time.sleep(1)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        say("Cleaning up")
+        cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
