@@ -61,7 +61,7 @@ def component_paths() -> dict[str, Path]:
         "kube-apiserver": kube / "kube-apiserver",
         "kube-controller-manager": kube / "kube-controller-manager",
         "kubectl": kube / "kubectl",
-        "helm": CACHE / f"helm-{v['HELM_VERSION']}" / "helm",
+        "helm": CACHE / f"helm-{v['HELM_VERSION']}-kube1.{v['HELM_KUBE_MINOR']}" / "helm",
         "keycloak": CACHE / f"keycloak-{v['KEYCLOAK_VERSION']}",
     }
 
