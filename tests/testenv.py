@@ -176,9 +176,19 @@ def kc(keycloak_proxy: KeycloakProxy) -> KeycloakProxy:
 
 
 class OperatorProcess:
-    def __init__(self, env: Environment, log_dir: Path, args: list[str]) -> None:
+    def __init__(
+        self,
+        env: Environment,
+        log_dir: Path,
+        args: list[str],
+        *,
+        kubeconfig: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.env = env
         self.args = args
+        self.kubeconfig = kubeconfig or env.kubeconfig
+        self.extra_env = extra_env or {}
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.log_path = log_dir / f"operator-{secrets.token_hex(3)}.log"
@@ -206,7 +216,8 @@ class OperatorProcess:
             stdin=subprocess.DEVNULL,
             env={
                 **{k: v for k, v in os.environ.items() if not k.startswith("ITCARE_")},
-                "KUBECONFIG": str(self.env.kubeconfig),
+                "KUBECONFIG": str(self.kubeconfig),
+                **self.extra_env,
             },
         )
         if wait:
@@ -267,8 +278,15 @@ def run_operator(
 ) -> Iterator[Callable[..., OperatorProcess]]:
     started: list[OperatorProcess] = []
 
-    def start(*args: str, wait: bool = True) -> OperatorProcess:
-        op = OperatorProcess(testenv, tmp_path, list(args))
+    def start(
+        *args: str,
+        wait: bool = True,
+        kubeconfig: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> OperatorProcess:
+        op = OperatorProcess(
+            testenv, tmp_path, list(args), kubeconfig=kubeconfig, extra_env=extra_env
+        )
         started.append(op)
         return op.start(wait=wait)
 

@@ -1,0 +1,89 @@
+"""Generate the chart README's values table from the ``# --`` comments in values.yaml.
+
+    python scripts/chart_docs.py          # rewrite charts/itcare-token-operator/README.md
+    python scripts/chart_docs.py --check  # exit 1 when the README is out of date
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+CHART = Path(__file__).resolve().parent.parent / "charts" / "itcare-token-operator"
+
+HEADER = """# itcare-token-operator Helm chart
+
+Keeps a fresh cegedim.cloud ITCare OAuth2 token in a Kubernetes Secret. See the
+repository README for what the operator does and `docs/` for the full reference.
+
+```sh
+helm install itcare-token-operator charts/itcare-token-operator \\
+  --namespace itcare-system --create-namespace
+kubectl apply -f examples/api-account-secret.yaml -f examples/itcarecredential.yaml
+```
+
+Two RBAC modes: cluster-wide (default, a ClusterRole) or namespaced
+(`operator.watchNamespaces`, a Role and RoleBinding in each listed namespace). The CRD
+is rendered from the repository's `crds/` and kept on uninstall (`crds.keep`).
+The pod runs with the restricted PodSecurity profile.
+
+## Values
+
+Generated from the comments in `values.yaml` by `scripts/chart_docs.py`.
+
+| Key | Default | Description |
+| --- | --- | --- |
+"""
+
+
+def rows() -> list[tuple[str, str, str]]:
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    out: list[tuple[str, str, str]] = []
+    path: list[tuple[int, str]] = []
+    comment: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if stripped.startswith("# --"):
+            comment = [stripped[4:].strip()]
+            continue
+        if stripped.startswith("#") and comment:
+            comment.append(stripped[1:].strip())
+            continue
+        if not stripped or stripped.startswith("-") or ":" not in stripped:
+            continue
+        key = stripped.split(":", 1)[0]
+        path = [(i, k) for i, k in path if i < indent] + [(indent, key)]
+        if comment:
+            dotted = ".".join(k for _, k in path)
+            node = values
+            for _, k in path:
+                node = node[k]
+            out.append((dotted, json.dumps(node), " ".join(comment)))
+            comment = []
+    return out
+
+
+def render() -> str:
+    body = "".join(f"| `{key}` | `{default}` | {text} |\n" for key, default, text in rows())
+    return HEADER + body
+
+
+def main() -> int:
+    readme = CHART / "README.md"
+    content = render()
+    if "--check" in sys.argv:
+        if not readme.exists() or readme.read_text() != content:
+            print("charts/itcare-token-operator/README.md is out of date: run scripts/chart_docs.py")
+            return 1
+        return 0
+    readme.write_text(content)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

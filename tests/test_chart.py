@@ -1,0 +1,361 @@
+"""The Helm chart: lint, render, validate on the real API server, audit RBAC, and run
+the operator with exactly the chart's ServiceAccount permissions."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import yaml
+
+from tests.environment import Environment, kubeconfig
+from tests.proxy import KeycloakProxy
+from tests.testenv import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    OperatorProcess,
+    condition,
+    get_credential,
+    make_credential,
+    make_source_secret,
+    secret_data,
+    wait_for,
+)
+
+pytestmark = pytest.mark.env
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "itcare-token-operator"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+Helm = Callable[..., subprocess.CompletedProcess[str]]
+
+# Every (apiGroup, resource, verb) the operator uses; the audit fails on anything else.
+OPERATOR_USES = {
+    ("itcare.cegedim.cloud", "itcarecredentials", "list"),
+    ("itcare.cegedim.cloud", "itcarecredentials", "watch"),
+    ("itcare.cegedim.cloud", "itcarecredentials/status", "patch"),
+    ("", "secrets", "get"),
+    ("", "secrets", "list"),
+    ("", "secrets", "watch"),
+    ("", "secrets", "create"),
+    ("", "secrets", "update"),
+    ("", "events", "create"),
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+}
+
+
+def render(helm: Helm, *args: str) -> list[dict[str, Any]]:
+    out = helm("template", "itop", str(CHART), "--namespace", "itcare-system", *args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_chart_crd_is_the_top_level_crd() -> None:
+    top = (ROOT / "crds" / "itcarecredentials.itcare.cegedim.cloud.yaml").read_text()
+    copy = (CHART / "files" / "itcarecredentials.itcare.cegedim.cloud.yaml").read_text()
+    assert copy == top, "run: cp crds/*.yaml charts/itcare-token-operator/files/"
+
+
+def test_chart_readme_is_generated_from_values() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "chart_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_lint_strict(helm: Helm, values: Path) -> None:
+    out = helm("lint", "--strict", str(CHART), "-f", str(values)).stdout
+    assert "0 chart(s) failed" in out
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "replicaCount: two",
+        "operator: {watchNamespace: [a]}",
+        "operator: {logFormat: xml}",
+        "metrics: {port: 70000}",
+        "unknownTopLevel: 1",
+        "operator: {allowedTokenURLs: [ftp://x]}",
+    ],
+)
+def test_bad_values_are_rejected(helm: Helm, tmp_path: Path, bad: str) -> None:
+    (tmp_path / "bad.yaml").write_text(bad)
+    proc = helm("template", "x", str(CHART), "-f", str(tmp_path / "bad.yaml"), check=False)
+    assert proc.returncode != 0 and "schema" in proc.stderr
+
+
+def test_default_render(helm: Helm) -> None:
+    docs = render(helm)
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        [
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "Deployment",
+        ]
+    )
+    crd = of_kind(docs, "CustomResourceDefinition")[0]
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    top = yaml.safe_load(
+        (ROOT / "crds" / "itcarecredentials.itcare.cegedim.cloud.yaml").read_text()
+    )
+    assert crd["spec"] == top["spec"]
+    (deploy,) = of_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["args"][0] == "run" and "--standalone" not in container["args"]
+    assert (
+        "--allowed-token-url=https://accounts.cegedim.cloud/auth/realms/cloud/" in container["args"]
+    )
+    assert {
+        "name": "POD_NAMESPACE",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+    } in container["env"]
+    assert not any("--namespace" in a for a in container["args"])
+
+
+def test_namespaced_render_has_nothing_cluster_wide_but_the_crd(helm: Helm) -> None:
+    docs = render(helm, "-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in of_kind(docs, "Role")}
+    assert {
+        ("team-a", "itop-itcare-token-operator"),
+        ("team-b", "itop-itcare-token-operator"),
+        ("itcare-system", "itop-itcare-token-operator-leader-election"),
+    } == roles
+    (deploy,) = of_kind(docs, "Deployment")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+
+
+def test_monitoring_render(helm: Helm) -> None:
+    docs = render(helm, "-f", str(CHART / "ci" / "monitoring-values.yaml"))
+    (monitor,) = of_kind(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    (rule,) = of_kind(docs, "PrometheusRule")
+    alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert set(alerts) == {
+        "ITCareTokenExpiringSoon",
+        "ITCareTokenRefreshFailing",
+        "ITCareCredentialNotReady",
+        "ITCareTokenOperatorAbsent",
+    }
+    assert "< 180" in alerts["ITCareTokenExpiringSoon"]["expr"]
+    assert of_kind(docs, "PodDisruptionBudget")
+    # Without force and without the API, neither renders.
+    plain = render(helm, "--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true")
+    assert not of_kind(plain, "ServiceMonitor") and not of_kind(plain, "PrometheusRule")
+
+
+def test_networkpolicy_render(helm: Helm) -> None:
+    docs = render(helm, "-f", str(CHART / "ci" / "networkpolicy-values.yaml"))
+    (policy,) = of_kind(docs, "NetworkPolicy")
+    egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert egress_ports == {53, 6443, 443}
+    cidrs = [b["ipBlock"]["cidr"] for rule in policy["spec"]["egress"] for b in rule.get("to", [])]
+    assert cidrs == ["10.0.0.1/32", "185.0.0.0/16"]
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_rendered_objects_pass_the_api_servers_validation(
+    helm: Helm, kubectl: Callable[..., subprocess.CompletedProcess[str]], crd: None, values: Path
+) -> None:
+    """Server-side dry run: the real API server checks every object against its schemas."""
+    docs = [
+        d
+        for d in render(helm, "-f", str(values))
+        if not d["apiVersion"].startswith("monitoring.coreos.com/")
+    ]
+    kubectl("create", "namespace", "itcare-system", check=False)
+    for ns in ("team-a", "team-b"):
+        kubectl("create", "namespace", ns, check=False)
+    proc = kubectl(
+        "apply",
+        "--dry-run=server",
+        "--validate=strict",
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(docs),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_rbac_audit(helm: Helm, values: Path) -> None:
+    docs = render(helm, "-f", str(values))
+    granted: set[tuple[str, str, str]] = set()
+    for role in of_kind(docs, "ClusterRole") + of_kind(docs, "Role"):
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        assert "*" not in (group, resource, verb), (
+                            f"wildcard in {role['metadata']['name']}"
+                        )
+                        granted.add((group, resource, verb))
+    assert granted == OPERATOR_USES, (
+        f"extra: {granted - OPERATOR_USES}, missing: {OPERATOR_USES - granted}"
+    )
+
+
+# -- installed, and the operator running as the chart's ServiceAccount -----------------------
+
+
+def adopt_crd(
+    kubectl: Callable[..., subprocess.CompletedProcess[str]], release: str, ns: str
+) -> None:
+    """The session's CRD was applied by kubectl; let this release adopt it (helm's rule)."""
+    name = f"crd/{PLURAL}.{GROUP}"
+    kubectl("label", name, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+    kubectl(
+        "annotate",
+        name,
+        f"meta.helm.sh/release-name={release}",
+        f"meta.helm.sh/release-namespace={ns}",
+        "--overwrite",
+    )
+
+
+def sa_kubeconfig(
+    testenv: Environment, core: kubernetes.client.CoreV1Api, ns: str, sa: str, path: Path
+) -> Path:
+    token = core.create_namespaced_service_account_token(
+        sa, ns, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
+    path.write_text(
+        yaml.safe_dump(
+            kubeconfig(testenv.api_url, testenv.directory / "pki" / "ca.crt", token=token, user=sa)
+        )
+    )
+    return path
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
+def test_installed_chart_rbac_is_sufficient(
+    mode: str,
+    testenv: Environment,
+    helm: Helm,
+    crd: None,
+    kubectl: Callable[..., subprocess.CompletedProcess[str]],
+    core: kubernetes.client.CoreV1Api,
+    custom: kubernetes.client.CustomObjectsApi,
+    kc: KeycloakProxy,
+    realm: dict[str, Any],
+    run_operator: Callable[..., OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    suffix = secrets.token_hex(3)
+    release, system_ns, team_ns = f"itop-{suffix}", f"itcare-system-{suffix}", f"team-{suffix}"
+    core.create_namespace({"metadata": {"name": team_ns}})
+    args = [
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        system_ns,
+        "--create-namespace",
+        "--set",
+        f"operator.allowedTokenURLs[0]={kc.base_url}/auth/realms/cloud/",
+    ]
+    if mode == "namespaced":
+        args += ["--set", f"operator.watchNamespaces[0]={team_ns}", "--set", "crds.enabled=false"]
+    else:
+        adopt_crd(kubectl, release, system_ns)
+    try:
+        helm(*args)
+        sa = f"{release}-itcare-token-operator"
+        config = sa_kubeconfig(testenv, core, system_ns, sa, tmp_path / "sa.kubeconfig")
+        # Exactly the chart's arguments, minus the ports, which the test chooses.
+        deploy = kubernetes.client.AppsV1Api(core.api_client).read_namespaced_deployment(
+            sa, system_ns
+        )
+        chart_args = [
+            a
+            for a in deploy.spec.template.spec.containers[0].args[1:]
+            if not a.startswith(("--metrics-port", "--health-port", "--log-"))
+        ]
+        op = run_operator(*chart_args, kubeconfig=config, extra_env={"POD_NAMESPACE": system_ns})
+        # The Lease proves the leader-election Role works.
+        lease = kubernetes.client.CoordinationV1Api(core.api_client).read_namespaced_lease(
+            "itcare-token-operator", system_ns
+        )
+        assert lease.spec.holder_identity
+        make_source_secret(core, team_ns, realm["clients"]["itcare-test"])
+        make_credential(custom, team_ns, kc.token_url)
+        first = wait_for(
+            "issuance as the chart's ServiceAccount",
+            lambda: secret_data(core, team_ns, "itcare-token"),
+            timeout=30,
+        )
+        refreshed = wait_for(
+            "refresh",
+            lambda: (
+                (d := secret_data(core, team_ns, "itcare-token"))
+                and d["access_token"] != first["access_token"]
+                and d
+            ),
+            timeout=30,
+        )
+        second = realm["clients"]["itcare-second"]
+        core.patch_namespaced_secret(
+            "itcare-api-account",
+            team_ns,
+            {
+                "data": {
+                    "client-id": base64.b64encode(second["client_id"].encode()).decode(),
+                    "client-secret": base64.b64encode(second["client_secret"].encode()).decode(),
+                }
+            },
+        )
+        wait_for("rotation", lambda: kc.count(second["client_id"]) >= 1, timeout=15)
+        wait_for(
+            "new token after rotation",
+            lambda: (
+                (d := secret_data(core, team_ns, "itcare-token"))
+                and d["access_token"] != refreshed["access_token"]
+            ),
+            timeout=15,
+        )
+        cr = get_credential(custom, team_ns)
+        assert condition(cr, "Ready")["status"] == "True"
+        assert [e for e in core.list_namespaced_event(team_ns).items if e.reason == "TokenIssued"]
+        custom.delete_namespaced_custom_object(GROUP, VERSION, team_ns, PLURAL, "billing")
+        wait_for("deletion", lambda: secret_data(core, team_ns, "itcare-token") is None, timeout=60)
+        assert "403" not in op.output() and "Forbidden" not in op.output()
+    finally:
+        helm("uninstall", release, "--namespace", system_ns, check=False)
+        core.delete_namespace(team_ns)
+    # crds.keep: the CRD survives the uninstall.
+    assert kubectl("get", f"crd/{PLURAL}.{GROUP}").returncode == 0
