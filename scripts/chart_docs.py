@@ -1,7 +1,7 @@
 """Generate the chart README's values table from the ``# --`` comments in values.yaml.
 
-    python scripts/chart_docs.py          # rewrite charts/itcare-token-operator/README.md
-    python scripts/chart_docs.py --check  # exit 1 when the README is out of date
+python scripts/chart_docs.py          # rewrite charts/itcare-token-operator/README.md
+python scripts/chart_docs.py --check  # exit 1 when the README is out of date
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def main() -> int:
     content = render()
     if "--check" in sys.argv:
         if not readme.exists() or readme.read_text() != content:
-            print("charts/itcare-token-operator/README.md is out of date: run scripts/chart_docs.py")
+            print(
+                "charts/itcare-token-operator/README.md is out of date: run scripts/chart_docs.py"
+            )
             return 1
         return 0
     readme.write_text(content)

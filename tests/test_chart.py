@@ -359,3 +359,12 @@ def test_installed_chart_rbac_is_sufficient(
         core.delete_namespace(team_ns)
     # crds.keep: the CRD survives the uninstall.
     assert kubectl("get", f"crd/{PLURAL}.{GROUP}").returncode == 0
+
+
+def test_crd_reference_is_generated_from_the_crd() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "crd_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout

@@ -1,0 +1,94 @@
+"""Generate docs/crd-reference.md from the CRD's OpenAPI schema.
+
+python scripts/crd_docs.py          # rewrite
+python scripts/crd_docs.py --check  # exit 1 when out of date
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CRD = ROOT / "crds" / "itcarecredentials.itcare.cegedim.cloud.yaml"
+OUT = ROOT / "docs" / "crd-reference.md"
+
+
+def walk(node: dict[str, Any], path: str, required: set[str], rows: list[str]) -> None:
+    for name, child in (node.get("properties") or {}).items():
+        field = f"{path}.{name}" if path else name
+        kind = child.get("type", "")
+        if kind == "array":
+            kind = f"array of {child.get('items', {}).get('type', 'object')}"
+        notes = []
+        if "default" in child:
+            notes.append(f"default `{child['default']}`")
+        if "enum" in child:
+            notes.append("one of " + ", ".join(f"`{v}`" for v in child["enum"]))
+        if "minimum" in child or "maximum" in child:
+            notes.append(f"{child.get('minimum', '')}..{child.get('maximum', '')}")
+        if "pattern" in child:
+            notes.append(f"pattern `{child['pattern']}`")
+        for rule in child.get("x-kubernetes-validations") or []:
+            notes.append(f"rule: {rule['message']}")
+        desc = " ".join((child.get("description") or "").split())
+        req = "yes" if name in required else ""
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        rows.append(f"| `{field}` | {kind} | {req} | {desc}{extra} |")
+        if child.get("properties"):
+            walk(child, field, set(child.get("required") or []), rows)
+
+
+def render() -> str:
+    crd = yaml.safe_load(CRD.read_text())
+    version = crd["spec"]["versions"][0]
+    schema = version["schema"]["openAPIV3Schema"]
+    names = crd["spec"]["names"]
+    rows: list[str] = []
+    spec = schema["properties"]["spec"]
+    walk({"properties": {"spec": spec}}, "", {"spec"}, rows)
+    walk({"properties": {"status": schema["properties"]["status"]}}, "", set(), rows)
+    columns = "\n".join(
+        f"| {c['name']} | `{c['jsonPath']}` | {c.get('priority', 0)} |"
+        for c in version["additionalPrinterColumns"]
+    )
+    rules = "; ".join(r["message"] for r in spec.get("x-kubernetes-validations", []))
+    shorts, categories = ", ".join(names["shortNames"]), ", ".join(names["categories"])
+    return f"""# ITCareCredential reference
+
+Generated from `crds/itcarecredentials.itcare.cegedim.cloud.yaml` by `scripts/crd_docs.py`.
+
+`{crd["spec"]["group"]}/{version["name"]}`, kind `{names["kind"]}`, plural `{names["plural"]}`,
+short name `{shorts}`, category `{categories}`, namespaced,
+status subresource. Spec-level rules: {rules}.
+
+{" ".join(schema["description"].split())}
+
+| Field | Type | Required | Description |
+| --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+## Printer columns
+
+| Column | JSONPath | Priority (1: `-o wide`) |
+| --- | --- | --- |
+{columns}
+"""
+
+
+def main() -> int:
+    content = render()
+    if "--check" in sys.argv:
+        if not OUT.exists() or OUT.read_text() != content:
+            print("docs/crd-reference.md is out of date: run scripts/crd_docs.py")
+            return 1
+        return 0
+    OUT.write_text(content)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
