@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv lint unit components test test-env demo bench bench-smoke clean
+.PHONY: all venv lint unit components test test-env reliability demo bench bench-smoke clean
 
 all: test
 
@@ -35,6 +35,10 @@ test-env: $(STAMP) components
 	$(VENV)/bin/pytest -m env -q
 
 test: lint unit test-env
+
+reliability: $(STAMP) components
+	$(VENV)/bin/pytest -m reliability -q
+	$(PY) scripts/reliability_report.py
 
 demo: $(STAMP) components
 	scripts/demo

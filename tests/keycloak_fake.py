@@ -47,6 +47,8 @@ class Fault:
     trickle: float = 0.0  # seconds between bytes of the body
     reset: bool = False  # close the connection without answering
     times: int | None = None
+    client_id: str | None = None  # only requests of this client (None: all)
+    hits: int = 0  # how many requests it answered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,9 @@ class FakeKeycloak:
         self.issued: list[str] = []  # every access and refresh token handed out
         self._refresh: dict[str, tuple[str, float]] = {}  # refresh token -> (client, expiry)
         self._faults: list[Fault] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.started: list[float] = []  # arrival time of every POST
         self._lock = threading.Lock()
         self._tls = tls
         self.on_request: Callable[[Request], None] | None = None
@@ -150,16 +155,19 @@ class FakeKeycloak:
             )
 
     # -- behaviour -----------------------------------------------------------------
-    def _next_fault(self) -> Fault | None:
+    def _next_fault(self, client_id: str | None = None) -> Fault | None:
+        """The first fault that applies to this client (``times`` counts down per hit)."""
         with self._lock:
-            if not self._faults:
-                return None
-            fault = self._faults[0]
-            if fault.times is not None:
-                fault.times -= 1
-                if fault.times <= 0:
-                    self._faults.pop(0)
-            return fault
+            for i, fault in enumerate(self._faults):
+                if fault.client_id is not None and fault.client_id != client_id:
+                    continue
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.pop(i)
+                fault.hits += 1
+                return fault
+            return None
 
     def _record(self, grant: str, client_id: str | None, status: int, scope: str = "") -> None:
         req = Request(time.time(), grant, client_id, status, scope)
@@ -268,13 +276,24 @@ class FakeKeycloak:
                     self._send(404, b"", {})
 
             def do_POST(self) -> None:
+                with server._lock:
+                    server.in_flight += 1
+                    server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
+                    server.started.append(time.time())
+                try:
+                    self._post()
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _post(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
                 grant = form.get("grant_type", [""])[0]
                 client_id, _ = _basic(headers.get("authorization", ""))
-                fault = server._next_fault()
+                fault = server._next_fault(client_id)
                 if fault is not None:
                     if fault.delay:
                         time.sleep(fault.delay)

@@ -78,16 +78,19 @@ class KeycloakProxy:
                 and r.at >= since
             )
 
-    def _next_fault(self) -> Fault | None:
+    def _next_fault(self, client_id: str | None = None) -> Fault | None:
+        """The first fault that applies to this client (``times`` counts down per hit)."""
         with self._lock:
-            if not self._faults:
-                return None
-            fault = self._faults[0]
-            if fault.times is not None:
-                fault.times -= 1
-                if fault.times <= 0:
-                    self._faults.pop(0)
-            return fault
+            for i, fault in enumerate(self._faults):
+                if fault.client_id is not None and fault.client_id != client_id:
+                    continue
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.pop(i)
+                fault.hits += 1
+                return fault
+            return None
 
     def _record(self, grant: str, client_id: str | None, status: int) -> None:
         with self._lock:
@@ -114,7 +117,7 @@ class KeycloakProxy:
                 form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
                 grant = form.get("grant_type", [""])[0]
                 client_id, _ = _basic(self.headers.get("Authorization", ""))
-                fault = proxy._next_fault()
+                fault = proxy._next_fault(client_id)
                 if fault is not None:
                     if fault.delay:
                         time.sleep(fault.delay)

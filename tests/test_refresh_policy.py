@@ -91,7 +91,10 @@ def test_backoff_grows_exponentially_without_token() -> None:
         for n in range(1, 12)
     ]
     assert delays[:4] == [2.0, 4.0, 8.0, 16.0]
-    assert delays[-1] == policy.transient_cap
+    assert delays[4] == 30.0
+    assert delays[-1] == policy.expired_cap  # no valid token: retry at least every 30 s
+    with_token = backoff_delay(12, FailureKind.TRANSIENT, T0, T0 + 3600 * S, policy, 1.0)
+    assert with_token.total_seconds() == policy.transient_cap
 
 
 def test_rejected_backs_off_much_longer() -> None:

@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="token requests started per second per token endpoint (20)",
     )
     run.add_argument(
+        "--token-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="total time one token request may take (20)",
+    )
+    run.add_argument(
         "--ca-bundle",
         default=None,
         metavar="FILE",
@@ -207,6 +214,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             pick(args.max_concurrent_requests, "max-concurrent-requests", int)
         ),  # type: ignore[call-overload]
         requests_per_second=float(pick(args.requests_per_second, "requests-per-second", float)),  # type: ignore[arg-type]
+        token_timeout=float(pick(args.token_timeout, "token-timeout", float)),  # type: ignore[arg-type]
         ca_bundle=args.ca_bundle or _env("ca-bundle"),
         log_format=log_format,
         log_level=str(pick(args.log_level, "log-level")).upper(),
@@ -216,8 +224,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for url in settings.allowed_token_urls:
         if not url.startswith(("https://", "http://")):
             raise UsageError(f"--allowed-token-url must be an http(s) URL prefix, got {url!r}")
-    if settings.max_concurrent_requests < 1 or settings.requests_per_second <= 0:
-        raise UsageError("--max-concurrent-requests and --requests-per-second must be positive")
+    if (
+        settings.max_concurrent_requests < 1
+        or settings.requests_per_second <= 0
+        or settings.token_timeout <= 0
+    ):
+        raise UsageError(
+            "--max-concurrent-requests, --requests-per-second and --token-timeout must be positive"
+        )
     return settings
 
 

@@ -77,7 +77,8 @@ class CredentialState:
     token: Token | None = None
     token_loaded: bool = False  # the target Secret was read for a stored token
     refresh_at: dt.datetime | None = None
-    force: bool = False  # a new token is wanted now (spec, source, annotation)
+    force: bool = False  # a new token is wanted (spec, source, annotation) until one is had
+    retry_at: dt.datetime | None = None  # after a failure: no attempt before this
     forced_at: float = 0.0
     refresh_request: str | None = None  # last seen value of the annotation
     source_fingerprint: str | None = None  # of the source Secret content used last
@@ -174,13 +175,13 @@ class Controller:
         request = (meta.get("annotations") or {}).get(REFRESH_ANNOTATION)
         if generation != state.generation:
             state.generation = generation
-            state.force = True
+            state.force, state.retry_at = True, None
             self._index(state)
             self.scheduler.now(key)
         if request != state.refresh_request:
             state.refresh_request = request
             if request:
-                state.force = True
+                state.force, state.retry_at = True, None
                 wait = state.forced_at + FORCED_REFRESH_INTERVAL - time.time()
                 if wait > 0:
                     self.scheduler.schedule(
@@ -201,7 +202,7 @@ class Controller:
                 state.source_fingerprint = fingerprint  # first sight (start-up): no refresh
             elif state.source_fingerprint != fingerprint:
                 log.info("source Secret of %s/%s changed; refreshing", *key)
-                state.force = True
+                state.force, state.retry_at = True, None
                 self.scheduler.now(key)
 
     def target_secret_event(self, type_: str | None, secret: Mapping[str, Any]) -> None:
@@ -273,8 +274,8 @@ class Controller:
         except TargetConflictDuringWrite as exc:
             await self._failed(state, None, exc, self._clock(), policy=CONFLICT_RETRY)
         except KubeError as exc:
-            log.warning("%s/%s: %s; retrying in 5s", *state.key, exc)
-            self.scheduler.schedule(state.key, time.time() + 5)
+            log.warning("%s/%s: %s; retrying in 2s", *state.key, exc)
+            self.scheduler.schedule(state.key, time.time() + 2)
 
     async def reconcile(self, state: CredentialState) -> None:
         now = self._clock()
@@ -288,8 +289,8 @@ class Controller:
         try:
             target = await self.kube.get_secret(state.namespace, spec.target_name)
         except KubeError as exc:
-            log.warning("%s/%s: %s", *state.key, exc)
-            self.scheduler.schedule(state.key, now.timestamp() + 5)
+            log.warning("%s/%s: %s; retrying in 2s", *state.key, exc)
+            self.scheduler.schedule(state.key, now.timestamp() + 2)
             return
         if target is not None and not is_owned(target, state.uid):
             await self._failed(
@@ -323,6 +324,11 @@ class Controller:
             await self._write_target(state, spec, owner, target, now)  # drift repair, same token
             await self._settle(state, spec, now, wake=state.refresh_at)
             return
+        if state.retry_at is not None and now < state.retry_at:
+            # Woken early (drift, a watch event): keep the backoff, repair meanwhile.
+            await self._write_target(state, spec, owner, target, now)
+            await self._settle(state, spec, now, wake=state.retry_at, next_attempt=state.retry_at)
+            return
         if not self.settings.token_url_allowed(spec.token_url):
             state.force = False
             await self._failed(
@@ -349,7 +355,6 @@ class Controller:
     ) -> None:
         if state.force and state.refresh_request:
             state.forced_at = time.time()
-        state.force = False
         grant = spec.grant
         try:
             source = await self.kube.get_secret(state.namespace, spec.source_name)
@@ -400,7 +405,15 @@ class Controller:
         if spec.grant is Grant.CLIENT_CREDENTIALS and token.refresh_token:
             # Not used with this grant: do not keep the secret material around.
             token = dataclasses.replace(token, refresh_token=None, refresh_expires_at=None)
+        # The token is ours from here on: if writing fails, the retry writes this one
+        # (the drift-repair path) instead of minting another.
         state.token = token
+        state.force, state.retry_at = False, None
+        state.failures = 0
+        state.last_refresh = token.received_at
+        state.refresh_at = next_refresh_at(
+            token.received_at, token.expires_at, self._clock(), spec.policy, self._rand()
+        )
         try:
             await self._write_target(state, spec, owner, target, token.received_at)
         except TargetConflictDuringWrite as exc:
@@ -408,15 +421,9 @@ class Controller:
             return
         except KubeError as exc:
             log.warning("%s/%s: writing the target Secret failed: %s", *state.key, exc)
-            state.refresh_at = token.received_at  # keep the new token, write it on the retry
             self.scheduler.schedule(state.key, time.time() + 2)
             return
         now = self._clock()
-        state.failures = 0
-        state.last_refresh = token.received_at
-        state.refresh_at = next_refresh_at(
-            token.received_at, token.expires_at, now, spec.policy, self._rand()
-        )
         state.refreshed = Condition(
             "Refreshed",
             True,
@@ -518,7 +525,7 @@ class Controller:
                 self._rand(),
                 retry_after,
             )
-            wake = now + delay
+            wake = state.retry_at = now + delay
             message = f"{exc}; next attempt at {format_time(wake)}"
         else:
             message = f"{exc}; fix the resource to retry"

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from itcare_operator.errors import CredentialError, Reason
@@ -46,6 +47,7 @@ GROUP = "itcare.cegedim.cloud"
 VERSION = "v1alpha1"
 PLURAL = "itcarecredentials"
 COMPONENT = "itcare-token-operator"
+REQUEST_TIMEOUT = (5, 30)  # connect, read: no API call may hang a worker thread
 
 T = TypeVar("T")
 
@@ -119,11 +121,15 @@ class KubeClient:
 
     async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         self.calls += 1
+        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         except ApiException as exc:
             raise _convert(exc, what) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # API server unreachable or restarting: a KubeError, retried by the caller.
+            raise KubeError(f"{what}: API server unreachable ({type(exc).__name__})") from None
 
     # -- Secrets -------------------------------------------------------------------
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -51,6 +51,10 @@ class RefreshPolicy:
     rejected_cap: float = 3600.0
     """Longest retry delay after rejections, in seconds."""
 
+    expired_cap: float = 30.0
+    """Longest retry delay after transient failures while no valid token is held, so
+    that pods get a token soon after an outage ends."""
+
     min_retry: float = 1.0
     """Never retry sooner than this, in seconds (protects the endpoint)."""
 
@@ -98,6 +102,8 @@ def backoff_delay(
         base, cap = policy.rejected_base, policy.rejected_cap
     else:
         base, cap = policy.transient_base, policy.transient_cap
+        if expires_at is None or expires_at <= now:
+            cap = min(cap, policy.expired_cap)
     exponent = min(max(attempt, 1) - 1, 30)
     delay = min(cap, base * 2.0**exponent)
     delay *= 0.5 + 0.5 * min(max(rand, 0.0), 1.0)  # "equal jitter": at least half the step

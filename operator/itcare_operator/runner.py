@@ -43,6 +43,8 @@ class Runtime:
                 ca_bundle=ca,
                 max_concurrent=settings.max_concurrent_requests,
                 rate=settings.requests_per_second,
+                read_timeout=min(10.0, settings.token_timeout / 2),
+                total_timeout=settings.token_timeout,
             )
         )
         self.controller = Controller(settings, kube, self.endpoints, self.metrics)

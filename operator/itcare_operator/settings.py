@@ -32,6 +32,9 @@ class Settings:
     requests_per_second: float = 20.0
     """Token requests started per second at most, per token endpoint."""
 
+    token_timeout: float = 20.0
+    """Seconds one token request may take in all (connect 5 s, read half of this)."""
+
     ca_bundle: str | None = None
     """Extra CA bundle (PEM file) to verify token endpoints with; default: system CAs."""
 
