@@ -266,7 +266,14 @@ class FakeKeycloak:
                 pass
 
             def do_GET(self) -> None:
-                if self.path.endswith("/.well-known/openid-configuration"):
+                if self.path == "/_stats":  # for the benchmark: every request so far
+                    with server._lock:
+                        doc = {
+                            "requests": [[r.at, r.client_id, r.answered] for r in server.requests],
+                            "peak_in_flight": server.peak_in_flight,
+                        }
+                    self._send(200, json.dumps(doc).encode(), {"Content-Type": "application/json"})
+                elif self.path.endswith("/.well-known/openid-configuration"):
                     doc = {
                         "issuer": f"{server.base_url}/auth/realms/{server.realm}",
                         "token_endpoint": server.token_url,
@@ -372,11 +379,25 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8180)
     parser.add_argument("--client", action="append", default=[], metavar="ID:SECRET")
     parser.add_argument("--access-lifespan", type=int, default=1200)
+    parser.add_argument(
+        "--generated-clients",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also clients bench-0..N-1 with secrets bench-secret-0..N-1",
+    )
+    parser.add_argument("--no-refresh-tokens", action="store_true")
     args = parser.parse_args()
-    server = FakeKeycloak(port=args.port, access_lifespan=args.access_lifespan)
+    server = FakeKeycloak(
+        port=args.port,
+        access_lifespan=args.access_lifespan,
+        refresh_tokens=not args.no_refresh_tokens,
+    )
     for spec in args.client:
         client_id, _, secret = spec.partition(":")
         server.add_client(client_id, secret)
+    for i in range(args.generated_clients):
+        server.add_client(f"bench-{i}", f"bench-secret-{i}")
     server.start()
     print(server.token_url, flush=True)
     try:

@@ -513,6 +513,14 @@ def test_metrics_and_health(sc: Scenario) -> None:
     assert op.metric("itcare_credentials", state="ready") == 1.0
     assert op.metric("itcare_build_info", version="0.1.0") == 1.0
     assert op.metric("itcare_token_request_duration_seconds_count", result="success") == 1.0
+    assert (op.metric("itcare_kube_requests_total", verb="create", resource="secrets") or 0) >= 1
+    assert (
+        op.metric("itcare_kube_requests_total", verb="patch", resource="itcarecredentials/status")
+        or 0
+    ) >= 1
+    wait_for(
+        "loop lag samples", lambda: (op.metric("itcare_event_loop_lag_seconds_count") or 0) > 0
+    )
     text = op.metrics()
     assert 'itcare_token_refresh_total{grant="ClientCredentials",name="billing"' in text
     import urllib.request

@@ -12,8 +12,8 @@ per client, so many scenarios run side by side under one operator.
 from __future__ import annotations
 
 import base64
-import itertools
 import datetime as dt
+import itertools
 import json
 import os
 import signal

@@ -106,6 +106,7 @@ class KubeClient:
         configuration: kubernetes.client.Configuration | None = None,
         *,
         threads: int = 16,
+        on_call: Callable[[str, str], None] | None = None,
     ) -> None:
         configuration = configuration or load_config()
         configuration.connection_pool_maxsize = max(threads, 4)
@@ -113,14 +114,18 @@ class KubeClient:
         self.core = kubernetes.client.CoreV1Api(self.api_client)
         self.custom = kubernetes.client.CustomObjectsApi(self.api_client)
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="kube")
-        self.calls = 0  # API requests made; read by the benchmark
+        self.on_call = on_call  # (verb, resource) of every request, for metrics
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.api_client.close()  # type: ignore[no-untyped-call]
 
-    async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        self.calls += 1
+    async def _call(
+        self, verb: str, resource: str, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        """Run one API request in the pool; ``verb``/``resource`` label the metric."""
+        if self.on_call is not None:
+            self.on_call(verb, resource)
         kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
         loop = asyncio.get_running_loop()
         try:
@@ -135,6 +140,8 @@ class KubeClient:
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             resp = await self._call(
+                "get",
+                "secrets",
                 f"get Secret {namespace}/{name}",
                 self.core.read_namespaced_secret,
                 name,
@@ -147,6 +154,8 @@ class KubeClient:
 
     async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         resp = await self._call(
+            "create",
+            "secrets",
             f"create Secret {namespace}/{body['metadata']['name']}",
             self.core.create_namespaced_secret,
             namespace,
@@ -158,6 +167,8 @@ class KubeClient:
     async def replace_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
         resp = await self._call(
+            "update",
+            "secrets",
             f"replace Secret {namespace}/{name}",
             self.core.replace_namespaced_secret,
             name,
@@ -170,6 +181,8 @@ class KubeClient:
     # -- ITCareCredential ------------------------------------------------------------
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         await self._call(
+            "patch",
+            "itcarecredentials/status",
             f"patch status of ITCareCredential {namespace}/{name}",
             self.custom.patch_namespaced_custom_object_status,
             GROUP,
@@ -208,6 +221,8 @@ class KubeClient:
         }
         try:
             await self._call(
+                "create",
+                "events",
                 f"create Event in {namespace}",
                 self.core.create_namespaced_event,
                 namespace,

@@ -62,6 +62,8 @@ class LeaseElector:
     async def _get(self) -> dict[str, Any] | None:
         try:
             resp = await self._kube._call(
+                "get",
+                "leases",
                 f"get Lease {self.namespace}/{self.name}",
                 self._api.read_namespaced_lease,
                 self.name,
@@ -94,6 +96,8 @@ class LeaseElector:
                     "spec": self._spec(now, 0, None),
                 }
                 resp = await self._kube._call(
+                    "create",
+                    "leases",
                     "create Lease",
                     self._api.create_namespaced_lease,
                     self.namespace,
@@ -113,6 +117,8 @@ class LeaseElector:
             transitions = int(spec.get("leaseTransitions") or 0) + (0 if mine else 1)
             lease["spec"] = self._spec(now, transitions, spec.get("acquireTime") if mine else None)
             resp = await self._kube._call(
+                "update",
+                "leases",
                 "update Lease",
                 self._api.replace_namespaced_lease,
                 self.name,
@@ -165,6 +171,8 @@ class LeaseElector:
         }
         try:
             await self._kube._call(
+                "update",
+                "leases",
                 "release Lease",
                 self._api.replace_namespaced_lease,
                 self.name,

@@ -65,6 +65,18 @@ class Metrics:
         )
         for state in ("ready", "not_ready", "suspended"):
             self.credentials.labels(state).set(0)
+        self.loop_lag = Histogram(
+            "itcare_event_loop_lag_seconds",
+            "How late the operator's event loop runs a 100 ms timer (responsiveness).",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.kube_requests = Counter(
+            "itcare_kube_requests_total",
+            "Requests the operator made to the Kubernetes API (watches excluded).",
+            ["verb", "resource"],
+            registry=r,
+        )
         build = Gauge("itcare_build_info", "Build information.", ["version"], registry=r)
         build.labels(__version__).set(1)
 

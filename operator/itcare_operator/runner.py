@@ -47,7 +47,11 @@ class Runtime:
                 total_timeout=settings.token_timeout,
             )
         )
+        kube.on_call = lambda verb, resource: self.metrics.kube_requests.labels(
+            verb, resource
+        ).inc()
         self.controller = Controller(settings, kube, self.endpoints, self.metrics)
+        self._lag_task: asyncio.Task[None] | None = None
         self.watches: list[SecretWatch] = []
         self.http = HttpServers(
             registry=self.metrics.registry,
@@ -81,6 +85,7 @@ class Runtime:
         for watch in self.watches:
             watch.start()
         self.controller.scheduler.start()
+        self._lag_task = asyncio.create_task(self._measure_loop_lag(), name="loop-lag")
         await self.http.start(self.settings.health_port, self.settings.metrics_port)
         log.info(
             "itcare-token-operator %s started (%s)",
@@ -88,7 +93,16 @@ class Runtime:
             ", ".join(self.settings.namespaces) or "all namespaces",
         )
 
+    async def _measure_loop_lag(self, period: float = 0.1) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(period)
+            self.metrics.loop_lag.observe(max(0.0, loop.time() - before - period))
+
     async def stop(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
         for watch in self.watches:
             watch.stop()
         await self.controller.scheduler.stop()
