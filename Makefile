@@ -34,7 +34,7 @@ components:
 test-env: $(STAMP) components
 	$(VENV)/bin/pytest -m env -q
 
-test: lint unit test-env
+test: lint unit test-env bench-smoke
 
 reliability: $(STAMP) components
 	$(VENV)/bin/pytest -m reliability -q
@@ -44,6 +44,7 @@ demo: $(STAMP) components
 	scripts/demo
 
 bench: $(STAMP) components
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m bench.run
 
 bench-smoke: $(STAMP) components

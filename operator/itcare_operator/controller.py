@@ -26,7 +26,7 @@ from itcare_operator.errors import (
     Reason,
     TokenEndpointError,
 )
-from itcare_operator.kube import Conflict, KubeClient, KubeError
+from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound
 from itcare_operator.metrics import Metrics
 from itcare_operator.refresh_policy import RefreshPolicy, backoff_delay, next_refresh_at
 from itcare_operator.scheduler import Scheduler
@@ -83,6 +83,7 @@ class CredentialState:
     refresh_request: str | None = None  # last seen value of the annotation
     source_fingerprint: str | None = None  # of the source Secret content used last
     written_version: str | None = None  # resourceVersion of our last target write
+    target_cache: dict[str, Any] | None = None  # the target as we last wrote or read it
     failures: int = 0
     last_failure: dt.datetime | None = None
     last_refresh: dt.datetime | None = None
@@ -122,6 +123,12 @@ def _source_fingerprint(secret: Mapping[str, Any] | None) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+def _slim(secret: Mapping[str, Any]) -> dict[str, Any]:
+    """A Secret without ``managedFields`` (large, and never needed here)."""
+    meta = {k: v for k, v in (secret.get("metadata") or {}).items() if k != "managedFields"}
+    return {**secret, "metadata": meta}
+
+
 class Controller:
     """All credentials of this operator instance."""
 
@@ -145,6 +152,7 @@ class Controller:
         self.credentials: dict[Key, CredentialState] = {}
         self._by_source: dict[Key, set[Key]] = {}  # (ns, source name) -> credentials
         self._by_target: dict[Key, Key] = {}  # (ns, target name) -> credential
+        self._sources: dict[Key, dict[str, Any]] = {}  # source Secrets, from their watch
         self._counts = {"ready": 0, "not_ready": 0, "suspended": 0}
         self.scheduler = Scheduler(
             self._reconcile_key, concurrency=concurrency, clock=lambda: self._clock().timestamp()
@@ -176,6 +184,7 @@ class Controller:
         if generation != state.generation:
             state.generation = generation
             state.force, state.retry_at = True, None
+            state.target_cache = None  # the target name or metadata may have changed
             self._index(state)
             self.scheduler.now(key)
         if request != state.refresh_request:
@@ -192,7 +201,12 @@ class Controller:
 
     def source_secret_event(self, type_: str | None, secret: Mapping[str, Any]) -> None:
         meta = secret.get("metadata") or {}
-        users = self._by_source.get((meta.get("namespace", ""), meta.get("name", "")), ())
+        where = (meta.get("namespace", ""), meta.get("name", ""))
+        if type_ == "DELETED":
+            self._sources.pop(where, None)
+        else:
+            self._sources[where] = _slim(secret)
+        users = self._by_source.get(where, ())
         fingerprint = _source_fingerprint(None if type_ == "DELETED" else secret)
         for key in users:
             state = self.credentials.get(key)
@@ -221,6 +235,7 @@ class Controller:
         if type_ != "DELETED" and meta.get("resourceVersion") == state.written_version:
             return  # the echo of our own write
         if type_ is not None:
+            state.target_cache = None  # changed by someone else: read it again
             self.scheduler.now(state.key)
 
     def _index(self, state: CredentialState) -> None:
@@ -263,6 +278,7 @@ class Controller:
         if token is not None and (state.token is None or token.expires_at > state.token.expires_at):
             state.token = token
             state.written_version = (secret.get("metadata") or {}).get("resourceVersion")
+            state.target_cache = _slim(secret)
 
     # -- reconcile -------------------------------------------------------------------
     async def _reconcile_key(self, key: Hashable) -> None:
@@ -286,8 +302,15 @@ class Controller:
             await self._failed(state, None, exc, now, retry=False)
             return
         owner = Owner(state.namespace, state.name, state.uid)
+        cached = state.target_cache
         try:
-            target = await self.kube.get_secret(state.namespace, spec.target_name)
+            if (
+                cached is not None
+                and (cached.get("metadata") or {}).get("name") == spec.target_name
+            ):
+                target: dict[str, Any] | None = cached  # unchanged since we wrote or read it
+            else:
+                target = await self.kube.get_secret(state.namespace, spec.target_name)
         except KubeError as exc:
             log.warning("%s/%s: %s; retrying in 2s", *state.key, exc)
             self.scheduler.schedule(state.key, now.timestamp() + 2)
@@ -357,7 +380,9 @@ class Controller:
             state.forced_at = time.time()
         grant = spec.grant
         try:
-            source = await self.kube.get_secret(state.namespace, spec.source_name)
+            source = self._sources.get((state.namespace, spec.source_name))
+            if source is None:  # not watched (unlabelled), or not there: ask
+                source = await self.kube.get_secret(state.namespace, spec.source_name)
         except KubeError as exc:
             await self._failed(
                 state,
@@ -480,18 +505,23 @@ class Controller:
                     continue
             elif not needs_write(target, desired):
                 state.written_version = (target.get("metadata") or {}).get("resourceVersion")
+                state.target_cache = target
                 return
             else:
                 try:
                     written = await self.kube.replace_secret(
                         state.namespace, updated_secret(target, desired)
                     )
+                except NotFound:  # deleted since we read it (or our cache was stale)
+                    target = None
+                    continue
                 except Conflict:
                     target = await self.kube.get_secret(state.namespace, spec.target_name)
                     if target is not None and not is_owned(target, state.uid):
                         raise TargetConflictDuringWrite from None
                     continue
             state.written_version = (written.get("metadata") or {}).get("resourceVersion")
+            state.target_cache = _slim(written)
             return
         raise KubeError(f"target Secret {spec.target_name} kept changing under us")
 
