@@ -51,6 +51,36 @@ class Fault:
     hits: int = 0  # how many requests it answered
 
 
+class FaultQueue:
+    """Faults to answer with, in order; each applies to one client or to all."""
+
+    def __init__(self) -> None:
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+
+    def inject(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def next(self, client_id: str | None) -> Fault | None:
+        """The first fault that applies to this client (``times`` counts down per hit)."""
+        with self._lock:
+            for i, fault in enumerate(self._faults):
+                if fault.client_id is not None and fault.client_id != client_id:
+                    continue
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.pop(i)
+                fault.hits += 1
+                return fault
+            return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Request:
     at: float
@@ -82,7 +112,7 @@ class FakeKeycloak:
         self.requests: list[Request] = []
         self.issued: list[str] = []  # every access and refresh token handed out
         self._refresh: dict[str, tuple[str, float]] = {}  # refresh token -> (client, expiry)
-        self._faults: list[Fault] = []
+        self.faults = FaultQueue()
         self.in_flight = 0
         self.peak_in_flight = 0
         self.started: list[float] = []  # arrival time of every POST
@@ -134,12 +164,10 @@ class FakeKeycloak:
         return client
 
     def inject(self, fault: Fault) -> None:
-        with self._lock:
-            self._faults.append(fault)
+        self.faults.inject(fault)
 
     def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
+        self.faults.clear()
 
     def revoke_refresh_tokens(self) -> None:
         with self._lock:
@@ -155,19 +183,6 @@ class FakeKeycloak:
             )
 
     # -- behaviour -----------------------------------------------------------------
-    def _next_fault(self, client_id: str | None = None) -> Fault | None:
-        """The first fault that applies to this client (``times`` counts down per hit)."""
-        with self._lock:
-            for i, fault in enumerate(self._faults):
-                if fault.client_id is not None and fault.client_id != client_id:
-                    continue
-                if fault.times is not None:
-                    fault.times -= 1
-                    if fault.times <= 0:
-                        self._faults.pop(i)
-                fault.hits += 1
-                return fault
-            return None
 
     def _record(self, grant: str, client_id: str | None, status: int, scope: str = "") -> None:
         req = Request(time.time(), grant, client_id, status, scope)
@@ -300,7 +315,7 @@ class FakeKeycloak:
                 form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
                 grant = form.get("grant_type", [""])[0]
                 client_id, _ = _basic(headers.get("authorization", ""))
-                fault = server._next_fault(client_id)
+                fault = server.faults.next(client_id)
                 if fault is not None:
                     if fault.delay:
                         time.sleep(fault.delay)

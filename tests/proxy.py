@@ -13,7 +13,7 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.keycloak_fake import Fault, Request, _basic
+from tests.keycloak_fake import Fault, FaultQueue, Request, _basic
 
 __all__ = ["KeycloakProxy"]
 
@@ -24,7 +24,7 @@ class KeycloakProxy:
         self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 80
         self.requests: list[Request] = []
         self.issued: list[str] = []
-        self._faults: list[Fault] = []
+        self.faults = FaultQueue()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -49,17 +49,15 @@ class KeycloakProxy:
         return f"{self.base_url}/auth/realms/cloud/protocol/openid-connect/token"
 
     def inject(self, fault: Fault) -> None:
-        with self._lock:
-            self._faults.append(fault)
+        self.faults.inject(fault)
 
     def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
+        self.faults.clear()
 
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
-            self._faults.clear()
+        self.faults.clear()
 
     def count(
         self,
@@ -77,20 +75,6 @@ class KeycloakProxy:
                 and (grant_type is None or r.grant_type == grant_type)
                 and r.at >= since
             )
-
-    def _next_fault(self, client_id: str | None = None) -> Fault | None:
-        """The first fault that applies to this client (``times`` counts down per hit)."""
-        with self._lock:
-            for i, fault in enumerate(self._faults):
-                if fault.client_id is not None and fault.client_id != client_id:
-                    continue
-                if fault.times is not None:
-                    fault.times -= 1
-                    if fault.times <= 0:
-                        self._faults.pop(i)
-                fault.hits += 1
-                return fault
-            return None
 
     def _record(self, grant: str, client_id: str | None, status: int) -> None:
         with self._lock:
@@ -117,7 +101,7 @@ class KeycloakProxy:
                 form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
                 grant = form.get("grant_type", [""])[0]
                 client_id, _ = _basic(self.headers.get("Authorization", ""))
-                fault = proxy._next_fault(client_id)
+                fault = proxy.faults.next(client_id)
                 if fault is not None:
                     if fault.delay:
                         time.sleep(fault.delay)

@@ -146,6 +146,23 @@ def source_for(
     make_source_secret(core, ns, {"client_id": client_id, "client_secret": secret}, name=name)
 
 
+def make_fleet(
+    kc: FakeKeycloak,
+    core: kubernetes.client.CoreV1Api,
+    custom: kubernetes.client.CustomObjectsApi,
+    ns: str,
+    n: int,
+) -> list[str]:
+    """n API accounts (c-i), source Secrets (src-i) and credentials (cred-i -> tok-i)."""
+    for i in range(n):
+        kc.add_client(f"c-{i}", f"s-{i}-secret")
+        source_for(core, ns, f"src-{i}", f"c-{i}", f"s-{i}-secret")
+        make_credential(
+            custom, ns, kc.token_url, name=f"cred-{i}", source=f"src-{i}", target=f"tok-{i}"
+        )
+    return [f"tok-{i}" for i in range(n)]
+
+
 def force(custom: kubernetes.client.CustomObjectsApi, ns: str, name: str, value: str) -> None:
     custom.patch_namespaced_custom_object(
         GROUP,
@@ -461,19 +478,8 @@ def test_sigterm_drains_and_sigkill_restart_causes_no_storm(
 ) -> None:
     n = 20
     with FakeKeycloak(access_lifespan=40) as kc:
-        for i in range(n):
-            kc.add_client(f"c-{i}", f"s-{i}-secret")
-            source_for(core, namespace, f"src-{i}", f"c-{i}", f"s-{i}-secret")
-            make_credential(
-                custom,
-                namespace,
-                kc.token_url,
-                name=f"cred-{i}",
-                source=f"src-{i}",
-                target=f"tok-{i}",
-            )
+        targets = make_fleet(kc, core, custom, namespace, n)
         op = start_operator(run_operator, namespace, kc.token_url)
-        targets = [f"tok-{i}" for i in range(n)]
         wait_for(
             "all tokens", lambda: all(secret_data(core, namespace, t) for t in targets), timeout=30
         )
@@ -544,21 +550,10 @@ def test_two_replicas_one_active_and_handover(
 ) -> None:
     n = 5
     with FakeKeycloak(access_lifespan=40) as kc:
-        for i in range(n):
-            kc.add_client(f"c-{i}", f"s-{i}-secret")
-            source_for(core, namespace, f"src-{i}", f"c-{i}", f"s-{i}-secret")
-            make_credential(
-                custom,
-                namespace,
-                kc.token_url,
-                name=f"cred-{i}",
-                source=f"src-{i}",
-                target=f"tok-{i}",
-            )
+        targets = make_fleet(kc, core, custom, namespace, n)
         prefix = kc.token_url.rsplit("/protocol/", 1)[0] + "/"
         env = {"POD_NAMESPACE": namespace}
         a = run_operator(f"--namespace={namespace}", f"--allowed-token-url={prefix}", extra_env=env)
-        targets = [f"tok-{i}" for i in range(n)]
         wait_for(
             "tokens from the leader", lambda: all(secret_data(core, namespace, t) for t in targets)
         )
@@ -765,19 +760,8 @@ def test_api_server_restart(
     refresh is lost, none is doubled."""
     n = 5
     with FakeKeycloak(access_lifespan=30) as kc:
-        for i in range(n):
-            kc.add_client(f"c-{i}", f"s-{i}-secret")
-            source_for(core, namespace, f"src-{i}", f"c-{i}", f"s-{i}-secret")
-            make_credential(
-                custom,
-                namespace,
-                kc.token_url,
-                name=f"cred-{i}",
-                source=f"src-{i}",
-                target=f"tok-{i}",
-            )
+        targets = make_fleet(kc, core, custom, namespace, n)
         op = start_operator(run_operator, namespace, kc.token_url)
-        targets = [f"tok-{i}" for i in range(n)]
         wait_for(
             "all tokens", lambda: all(secret_data(core, namespace, t) for t in targets), timeout=30
         )

@@ -331,7 +331,7 @@ class Controller:
             self._load_stored(state, target)
         if spec.suspend:
             state.force = False
-            await self._write_target(state, spec, owner, target, now)
+            await self._write_target(state, spec, owner, target)
             await self._settle(
                 state, spec, now, wake=state.token.expires_at if state.token else None
             )
@@ -344,12 +344,12 @@ class Controller:
             )
         due = state.refresh_at is not None and now >= state.refresh_at
         if not (state.force or not valid or due):
-            await self._write_target(state, spec, owner, target, now)  # drift repair, same token
+            await self._write_target(state, spec, owner, target)  # drift repair, same token
             await self._settle(state, spec, now, wake=state.refresh_at)
             return
         if state.retry_at is not None and now < state.retry_at:
             # Woken early (drift, a watch event): keep the backoff, repair meanwhile.
-            await self._write_target(state, spec, owner, target, now)
+            await self._write_target(state, spec, owner, target)
             await self._settle(state, spec, now, wake=state.retry_at, next_attempt=state.retry_at)
             return
         if not self.settings.token_url_allowed(spec.token_url):
@@ -440,7 +440,7 @@ class Controller:
             token.received_at, token.expires_at, self._clock(), spec.policy, self._rand()
         )
         try:
-            await self._write_target(state, spec, owner, target, token.received_at)
+            await self._write_target(state, spec, owner, target)
         except TargetConflictDuringWrite as exc:
             await self._failed(state, spec, exc, self._clock(), policy=CONFLICT_RETRY)
             return
@@ -487,7 +487,6 @@ class Controller:
         spec: CredentialSpec,
         owner: Owner,
         target: dict[str, Any] | None,
-        now: dt.datetime,
     ) -> None:
         """Make the target Secret hold ``state.token`` (if it is still valid)."""
         token = state.token
@@ -569,7 +568,7 @@ class Controller:
             await self._event(state, "Warning", reason, message)
         if spec is not None and owner is not None and valid:
             try:  # a still-valid token stays in (or goes back into) the target Secret
-                await self._write_target(state, spec, owner, target, now)
+                await self._write_target(state, spec, owner, target)
             except (KubeError, TargetConflictDuringWrite) as write_exc:
                 log.warning("%s/%s: restoring the target Secret failed: %s", *state.key, write_exc)
         await self._settle(state, spec, now, wake=wake, next_attempt=wake if retry else None)
