@@ -184,8 +184,11 @@ class FakeKeycloak:
 
     # -- behaviour -----------------------------------------------------------------
 
-    def _record(self, grant: str, client_id: str | None, status: int, scope: str = "") -> None:
-        req = Request(time.time(), grant, client_id, status, scope)
+    def _record(
+        self, at: float, grant: str, client_id: str | None, status: int, scope: str = ""
+    ) -> None:
+        """One request, timestamped when it arrived (not when a delayed answer left)."""
+        req = Request(at, grant, client_id, status, scope)
         with self._lock:
             self.requests.append(req)
         if self.on_request:
@@ -309,6 +312,7 @@ class FakeKeycloak:
                         server.in_flight -= 1
 
             def _post(self) -> None:
+                arrived = time.time()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
@@ -320,18 +324,18 @@ class FakeKeycloak:
                     if fault.delay:
                         time.sleep(fault.delay)
                     if fault.reset:
-                        server._record(grant, client_id, 0)
+                        server._record(arrived, grant, client_id, 0)
                         self.connection.setsockopt(
                             socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
                         )
                         self.close_connection = True
                         self.connection.close()
                         return
-                    server._record(grant, client_id, fault.status)
+                    server._record(arrived, grant, client_id, fault.status)
                     self._send(fault.status, fault.body, fault.headers, trickle=fault.trickle)
                     return
                 status, doc = server.answer(self.path, headers, body)
-                server._record(grant, client_id, status, form.get("scope", [""])[0])
+                server._record(arrived, grant, client_id, status, form.get("scope", [""])[0])
                 self._send(
                     status,
                     json.dumps(doc).encode(),

@@ -76,9 +76,9 @@ class KeycloakProxy:
                 and r.at >= since
             )
 
-    def _record(self, grant: str, client_id: str | None, status: int) -> None:
+    def _record(self, at: float, grant: str, client_id: str | None, status: int) -> None:
         with self._lock:
-            self.requests.append(Request(time.time(), grant, client_id, status))
+            self.requests.append(Request(at, grant, client_id, status))
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
@@ -96,6 +96,7 @@ class KeycloakProxy:
                 pass
 
             def do_POST(self) -> None:
+                arrived = time.time()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
@@ -105,7 +106,7 @@ class KeycloakProxy:
                 if fault is not None:
                     if fault.delay:
                         time.sleep(fault.delay)
-                    proxy._record(grant, client_id, 0 if fault.reset else fault.status)
+                    proxy._record(arrived, grant, client_id, 0 if fault.reset else fault.status)
                     if fault.reset:
                         self.close_connection = True
                         self.connection.close()
@@ -118,7 +119,7 @@ class KeycloakProxy:
                 resp = conn.getresponse()
                 data = resp.read()
                 conn.close()
-                proxy._record(grant, client_id, resp.status)
+                proxy._record(arrived, grant, client_id, resp.status)
                 if resp.status == 200:
                     try:
                         doc = json.loads(data)
