@@ -84,6 +84,7 @@ class CredentialState:
     source_fingerprint: str | None = None  # of the source Secret content used last
     written_version: str | None = None  # resourceVersion of our last target write
     target_cache: dict[str, Any] | None = None  # the target as we last wrote or read it
+    indexed: tuple[Key | None, Key | None] = (None, None)  # (source, target) in the indexes
     failures: int = 0
     last_failure: dt.datetime | None = None
     last_refresh: dt.datetime | None = None
@@ -239,28 +240,36 @@ class Controller:
             self.scheduler.now(state.key)
 
     def _index(self, state: CredentialState) -> None:
-        self._unindex(state.key)
+        """Record which source and target Secret names this credential uses (O(1))."""
+        self._unindex(state)
         spec = state.body.get("spec") or {}
         source = (spec.get("clientSecretRef") or {}).get("name")
         target = (spec.get("targetSecret") or {}).get("name")
-        if isinstance(source, str):
-            self._by_source.setdefault((state.namespace, source), set()).add(state.key)
-        if isinstance(target, str):
-            self._by_target[(state.namespace, target)] = state.key
+        source_key = (state.namespace, source) if isinstance(source, str) else None
+        target_key = (state.namespace, target) if isinstance(target, str) else None
+        if source_key:
+            self._by_source.setdefault(source_key, set()).add(state.key)
+        if target_key:
+            self._by_target[target_key] = state.key
+        state.indexed = (source_key, target_key)
 
-    def _unindex(self, key: Key) -> None:
-        for users in self._by_source.values():
-            users.discard(key)
-        for target, owner in list(self._by_target.items()):
-            if owner == key:
-                del self._by_target[target]
+    def _unindex(self, state: CredentialState) -> None:
+        source_key, target_key = state.indexed
+        if source_key and source_key in self._by_source:
+            users = self._by_source[source_key]
+            users.discard(state.key)
+            if not users:
+                del self._by_source[source_key]
+        if target_key and self._by_target.get(target_key) == state.key:
+            del self._by_target[target_key]
+        state.indexed = (None, None)
 
     def _forget(self, key: Key) -> None:
         state = self.credentials.pop(key, None)
         if state is None:
             return
         self._counts[state.state] -= 1
-        self._unindex(key)
+        self._unindex(state)
         self.scheduler.cancel(key)
         self.metrics.forget(*key)
         self._publish_counts()

@@ -32,5 +32,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def credential_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def credential_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    # async on purpose: kopf runs sync handlers in a thread pool, and the controller's
+    # state belongs to the event loop.
     memo.controller.credential_event(event["type"], event["object"])

@@ -109,7 +109,10 @@ class KubeClient:
         on_call: Callable[[str, str], None] | None = None,
     ) -> None:
         configuration = configuration or load_config()
-        configuration.connection_pool_maxsize = max(threads, 4)
+        # Workers and the long-lived watches share the pool: if it is smaller than both
+        # together, urllib3 discards connections and pays a TLS handshake per request
+        # (29 % of the operator's CPU in a profile at N=1000).
+        configuration.connection_pool_maxsize = threads + 16
         self.api_client = kubernetes.client.ApiClient(configuration)
         self.core = kubernetes.client.CoreV1Api(self.api_client)
         self.custom = kubernetes.client.CustomObjectsApi(self.api_client)
@@ -272,6 +275,9 @@ class SecretWatch:
 
     def _deliver(self, type_: str | None, obj: dict[str, Any]) -> None:
         assert self._loop is not None
+        if self._loop.is_closed():  # shutting down
+            self._stopping.set()
+            return
         self._loop.call_soon_threadsafe(self._on_event, type_, obj)
 
     def _list_fn(self) -> Callable[..., Any]:
@@ -344,9 +350,10 @@ class _Gone(Exception):
 
 
 def _safe(exc: BaseException) -> str:
+    """Status and class of an error (API bodies are not logged)."""
     if isinstance(exc, ApiException):
         return f"{exc.status} {exc.reason}"
-    return type(exc).__name__
+    return f"{type(exc).__name__}: {str(exc)[:160]}"
 
 
 def _lines(resp: Any) -> Iterator[dict[str, Any]]:
