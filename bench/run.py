@@ -56,6 +56,15 @@ def lifetime_for(n: int) -> int:
     return max(60, int(n * 0.03))
 
 
+def released(resp: Any) -> None:
+    """Read a raw response and return its connection to the pool (else: a new TLS
+    connection per request, which would make the floor slower than it is)."""
+    try:
+        _ = resp.data
+    finally:
+        resp.release_conn()
+
+
 def parse_time(text: str) -> float:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -93,6 +102,7 @@ class TargetWatch:
                         self.namespace, label_selector=MANAGED, _preload_content=False
                     )
                     doc = json.loads(resp.data)
+                    resp.release_conn()
                     for item in doc["items"]:
                         self._record(item)
                     version = doc["metadata"]["resourceVersion"]
@@ -234,7 +244,9 @@ def floor(core: kubernetes.client.CoreV1Api, n: int) -> float:
     with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
         list(
             pool.map(
-                lambda i: core.create_namespaced_secret(namespace, body(i), _preload_content=False),
+                lambda i: released(
+                    core.create_namespaced_secret(namespace, body(i), _preload_content=False)
+                ),
                 range(n),
             )
         )
@@ -277,16 +289,18 @@ def run_one(
     print(f"[N={n}] floor {floor_s:.1f}s; source Secrets...", flush=True)
 
     def source(i: int) -> None:
-        core.create_namespaced_secret(
-            namespace,
-            {
-                "metadata": {
-                    "name": f"acct-{i}",
-                    "labels": {"itcare.cegedim.cloud/api-account": "true"},
+        released(
+            core.create_namespaced_secret(
+                namespace,
+                {
+                    "metadata": {
+                        "name": f"acct-{i}",
+                        "labels": {"itcare.cegedim.cloud/api-account": "true"},
+                    },
+                    "stringData": {"client-id": f"bench-{i}", "client-secret": f"bench-secret-{i}"},
                 },
-                "stringData": {"client-id": f"bench-{i}", "client-secret": f"bench-secret-{i}"},
-            },
-            _preload_content=False,
+                _preload_content=False,
+            )
         )
 
     with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
@@ -300,22 +314,24 @@ def run_one(
 
     def credential(i: int) -> None:
         created[f"tok-{i}"] = time.time()
-        custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ITCareCredential",
-                "metadata": {"name": f"cred-{i}"},
-                "spec": {
-                    "clientSecretRef": {"name": f"acct-{i}"},
-                    "tokenURL": token_url,
-                    "targetSecret": {"name": f"tok-{i}"},
+        released(
+            custom.create_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "ITCareCredential",
+                    "metadata": {"name": f"cred-{i}"},
+                    "spec": {
+                        "clientSecretRef": {"name": f"acct-{i}"},
+                        "tokenURL": token_url,
+                        "targetSecret": {"name": f"tok-{i}"},
+                    },
                 },
-            },
-            _preload_content=False,
+                _preload_content=False,
+            )
         )
 
     print(f"[N={n}] creating {n} credentials (token lifetime {lifetime}s)...", flush=True)

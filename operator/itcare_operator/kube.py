@@ -18,7 +18,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import kubernetes
 import urllib3
@@ -49,7 +49,6 @@ PLURAL = "itcarecredentials"
 COMPONENT = "itcare-token-operator"
 REQUEST_TIMEOUT = (5, 30)  # connect, read: no API call may hang a worker thread
 
-T = TypeVar("T")
 
 
 class KubeError(Exception):
@@ -94,7 +93,15 @@ def load_config() -> kubernetes.client.Configuration:
 
 
 def _json(response: Any) -> dict[str, Any]:
-    data = response.data
+    """Read a raw urllib3 response, give its connection back to the pool, parse it.
+
+    With ``_preload_content=False`` urllib3 keeps the connection until
+    ``release_conn()``; without it every request opens a new TLS connection.
+    """
+    try:
+        data = response.data
+    finally:
+        response.release_conn()
     return json.loads(data) if data else {}
 
 
@@ -124,15 +131,22 @@ class KubeClient:
         self.api_client.close()  # type: ignore[no-untyped-call]
 
     async def _call(
-        self, verb: str, resource: str, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any
-    ) -> T:
-        """Run one API request in the pool; ``verb``/``resource`` label the metric."""
+        self, verb: str, resource: str, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        """One API request in the pool, answered as a JSON dict (read and parsed in the
+        worker thread, its connection returned to the pool); ``verb``/``resource``
+        label the metric."""
         if self.on_call is not None:
             self.on_call(verb, resource)
         kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+        kwargs["_preload_content"] = False
+
+        def request() -> dict[str, Any]:
+            return _json(fn(*args, **kwargs))
+
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(self._pool, request)
         except ApiException as exc:
             raise _convert(exc, what) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -153,7 +167,7 @@ class KubeClient:
             )
         except NotFound:
             return None
-        return _json(resp)
+        return resp
 
     async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         resp = await self._call(
@@ -165,7 +179,7 @@ class KubeClient:
             body,
             _preload_content=False,
         )
-        return _json(resp)
+        return resp
 
     async def replace_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
@@ -179,7 +193,7 @@ class KubeClient:
             body,
             _preload_content=False,
         )
-        return _json(resp)
+        return resp
 
     # -- ITCareCredential ------------------------------------------------------------
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:

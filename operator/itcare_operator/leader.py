@@ -16,7 +16,7 @@ from typing import Any
 
 import kubernetes
 
-from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound, _json
+from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound
 
 __all__ = ["LeaseElector", "LostLeadership"]
 
@@ -72,7 +72,7 @@ class LeaseElector:
             )
         except NotFound:
             return None
-        return _json(resp)
+        return resp
 
     def _spec(self, now: dt.datetime, transitions: int, acquired: str | None) -> dict[str, Any]:
         return {
@@ -104,7 +104,7 @@ class LeaseElector:
                     body,
                     _preload_content=False,
                 )
-                self._lease = _json(resp)
+                self._lease = resp
                 return True
             spec = lease.get("spec") or {}
             holder = spec.get("holderIdentity")
@@ -126,7 +126,7 @@ class LeaseElector:
                 lease,
                 _preload_content=False,
             )
-            self._lease = _json(resp)
+            self._lease = resp
             return True
         except Conflict:
             return False
