@@ -44,6 +44,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests import environment
 from tests.environment import Environment, free_port
 
+from itcare_operator.refresh_policy import JITTER_FRACTION, RefreshPolicy, refresh_margin
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "bench"
 GROUP, VERSION, PLURAL = "itcare.cegedim.cloud", "v1alpha1", "itcarecredentials"
@@ -402,13 +404,17 @@ def run_one(
             gap += max(0.0, until - max(seen, expires))
         expired_seconds += gap
         ever_expired += gap > 0
+    # A refresh is premature (caused by the restart) when the held token had more left
+    # than the policy's margin plus the largest jitter (plus 2 s of watch slack).
+    margin = refresh_margin(dt.timedelta(seconds=lifetime), RefreshPolicy()).total_seconds()
+    earliest_normal = margin + JITTER_FRACTION * (lifetime - margin) + 2.0
     premature = 0
     expiry_of = {f"bench-{k.split('-')[1]}": v for k, v in all_versions.items()}
     for at, cid in requests:
         if at < restart_at or at > restart_at + restart_s + 5:
             continue
         held = [e for seen, e in expiry_of.get(cid, []) if seen <= at]
-        if held and held[-1] - at > 0.45 * lifetime:
+        if held and held[-1] - at > earliest_normal:
             premature += 1
     result = {
         "n": n,
