@@ -183,3 +183,34 @@ async def test_restart_reuses_the_stored_token_without_api_reads() -> None:
     await fresh.reconcile(fresh.credentials[(NS, "billing")])
     assert requests2 == []  # no new token
     assert all(verb != "get" for verb, _ in kube2.calls)  # and no reads
+
+
+async def test_restart_when_the_secrets_are_listed_before_the_credentials() -> None:
+    controller, kube, clock, requests = setup()
+    await controller.reconcile(controller.credentials[(NS, "billing")])
+    stored = copy.deepcopy(kube.secrets[(NS, "itcare-token")])
+    assert requests == [1]
+    fresh = Controller(
+        Settings(),
+        kube,
+        controller.endpoints,
+        Metrics(),
+        clock=clock,  # type: ignore[arg-type]
+        rand=lambda: 0.0,
+    )
+    fresh.target_secret_event(None, stored)  # the Secret listing comes first
+    fresh.credential_event(
+        None,
+        {
+            "metadata": {"namespace": NS, "name": "billing", "uid": "c1", "generation": 1},
+            "spec": {
+                "clientSecretRef": {"name": "acct"},
+                "tokenURL": URL,
+                "targetSecret": {"name": "itcare-token"},
+            },
+        },
+    )
+    kube.calls.clear()
+    await fresh.reconcile(fresh.credentials[(NS, "billing")])
+    assert requests == [1]  # no new token
+    assert all(verb != "get" for verb, _ in kube.calls)  # and no reads

@@ -154,6 +154,8 @@ class Controller:
         self._by_source: dict[Key, set[Key]] = {}  # (ns, source name) -> credentials
         self._by_target: dict[Key, Key] = {}  # (ns, target name) -> credential
         self._sources: dict[Key, dict[str, Any]] = {}  # source Secrets, from their watch
+        # Managed Secrets listed at start-up before their credential was seen.
+        self._listed_targets: dict[Key, dict[str, Any]] = {}
         self._counts = {"ready": 0, "not_ready": 0, "suspended": 0}
         self.scheduler = Scheduler(
             self._reconcile_key, concurrency=concurrency, clock=lambda: self._clock().timestamp()
@@ -177,6 +179,9 @@ class Controller:
             state.generation = int(meta.get("generation") or 0)
             state.status_sent = dict(body.get("status") or {}) or None
             self._index(state)
+            listed = self._listed_targets.pop(state.indexed[1], None) if state.indexed[1] else None
+            if listed is not None:  # start-up: the stored token, without an API call
+                self._load_stored(state, listed)
             self.scheduler.now(key)
             return
         state.body = body
@@ -228,6 +233,12 @@ class Controller:
             key = (meta.get("namespace", ""), owner) if owner else None
         state = self.credentials.get(key) if key else None
         if state is None:
+            if type_ == "DELETED":
+                self._listed_targets.pop((meta.get("namespace", ""), meta.get("name", "")), None)
+            elif type_ is None:  # listed before its credential: keep it for a moment
+                self._listed_targets[(meta.get("namespace", ""), meta.get("name", ""))] = _slim(
+                    secret
+                )
             return
         if type_ is None and not state.token_loaded:
             # Initial listing: remember the stored token without an API call.

@@ -50,7 +50,6 @@ COMPONENT = "itcare-token-operator"
 REQUEST_TIMEOUT = (5, 30)  # connect, read: no API call may hang a worker thread
 
 
-
 class KubeError(Exception):
     """An API call failed. The message holds the status and reason, never a body."""
 

@@ -84,6 +84,14 @@ class Runtime:
             )
         for watch in self.watches:
             watch.start()
+        # Reconcile only once the Secrets are listed: stored tokens are then known
+        # without one GET per credential (restart safety at scale).
+        try:
+            async with asyncio.timeout(60):
+                for watch in self.watches:
+                    await watch.synced.wait()
+        except TimeoutError:
+            log.warning("Secret watches not synced after 60 s; starting anyway")
         self.controller.scheduler.start()
         self._lag_task = asyncio.create_task(self._measure_loop_lag(), name="loop-lag")
         await self.http.start(self.settings.health_port, self.settings.metrics_port)
