@@ -477,6 +477,7 @@ def write(results: list[dict[str, Any]], plots: bool) -> None:
         "cpu_ms_per_refresh",
         "loop_lag_p99_ms",
         "api_requests_per_refresh",
+        "date",
     ]
     lines = [
         "# Benchmark results",
@@ -487,7 +488,12 @@ def write(results: list[dict[str, Any]], plots: bool) -> None:
         "|" + " --- |" * len(keys),
     ]
     lines += ["| " + " | ".join(str(r.get(k)) for k in keys) + " |" for r in ordered]
-    lines += ["", f"Last run: {ordered[-1]['date']} on {ordered[-1]['machine']}."]
+    latest = max(ordered, key=lambda r: r["date"])
+    lines += [
+        "",
+        f"Latest row: {latest['date']} on {latest['machine']}. Rows come from separate "
+        "runs when their dates differ; the plots are from the latest multi-N run.",
+    ]
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
     if not plots:
         return
