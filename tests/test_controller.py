@@ -21,6 +21,14 @@ from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
 
 NS = "team-a"
 URL = "https://accounts.cegedim.cloud/auth/realms/cloud/protocol/openid-connect/token"
+CREDENTIAL = {
+    "metadata": {"namespace": NS, "name": "billing", "uid": "c1", "generation": 1},
+    "spec": {
+        "clientSecretRef": {"name": "acct"},
+        "tokenURL": URL,
+        "targetSecret": {"name": "itcare-token"},
+    },
+}
 
 
 class FakeKube:
@@ -116,17 +124,7 @@ def setup() -> tuple[Controller, FakeKube, Clock, list[int]]:
     }
     kube.put(NS, source)
     controller.source_secret_event(None, source)  # the watch's initial listing
-    controller.credential_event(
-        None,
-        {
-            "metadata": {"namespace": NS, "name": "billing", "uid": "c1", "generation": 1},
-            "spec": {
-                "clientSecretRef": {"name": "acct"},
-                "tokenURL": URL,
-                "targetSecret": {"name": "itcare-token"},
-            },
-        },
-    )
+    controller.credential_event(None, CREDENTIAL)
     return controller, kube, clock, requests
 
 
@@ -199,17 +197,7 @@ async def test_restart_when_the_secrets_are_listed_before_the_credentials() -> N
         rand=lambda: 0.0,
     )
     fresh.target_secret_event(None, stored)  # the Secret listing comes first
-    fresh.credential_event(
-        None,
-        {
-            "metadata": {"namespace": NS, "name": "billing", "uid": "c1", "generation": 1},
-            "spec": {
-                "clientSecretRef": {"name": "acct"},
-                "tokenURL": URL,
-                "targetSecret": {"name": "itcare-token"},
-            },
-        },
-    )
+    fresh.credential_event(None, CREDENTIAL)
     kube.calls.clear()
     await fresh.reconcile(fresh.credentials[(NS, "billing")])
     assert requests == [1]  # no new token
