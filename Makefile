@@ -34,7 +34,7 @@ components:
 test-env: $(STAMP) components
 	$(VENV)/bin/pytest -m env -q
 
-test: lint unit test-env bench-smoke
+test: lint unit bench-smoke test-env
 
 reliability: $(STAMP) components
 	$(VENV)/bin/pytest -m reliability -q
