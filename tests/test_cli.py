@@ -143,3 +143,34 @@ def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
 def test_bad_env_flag_is_usage_error() -> None:
     proc = cli("run", env={"ITCARE_OPERATOR_METRICS_PORT": "many"})
     assert proc.returncode == 2 and "ITCARE_OPERATOR_METRICS_PORT" in proc.stderr
+
+
+def test_from_secret_without_kubeconfig_is_a_usage_error(tmp_path: Path) -> None:
+    proc = cli(
+        "token",
+        "--from-secret",
+        "team-a/api-account",
+        env={"KUBECONFIG": str(tmp_path / "absent"), "HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "no usable kubeconfig" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_from_secret_with_unreachable_api_server_is_a_usage_error(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n"
+        "users: [{name: u, user: {token: x}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    proc = cli(
+        "token", "--from-secret", "team-a/api-account", env={"KUBECONFIG": str(kubeconfig)}
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot reach the API server" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cluster_credentials_need_cluster_wide_mode() -> None:
+    proc = cli("run", "--cluster-credentials", "--namespace", "team-a")
+    assert proc.returncode == 2 and "cluster-wide mode" in proc.stderr

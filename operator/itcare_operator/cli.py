@@ -12,6 +12,7 @@ from pathlib import Path
 
 from itcare_operator._version import __version__
 from itcare_operator.errors import (
+    CredentialError,
     EndpointUnavailable,
     InvalidTokenResponse,
     RateLimited,
@@ -139,13 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--standalone",
         action="store_true",
         default=None,
-        help="no peering: do not coordinate with other replicas",
+        help="no leader election: do not coordinate with other replicas",
     )
     run.add_argument(
-        "--priority",
-        type=int,
+        "--cluster-credentials",
+        action="store_true",
         default=None,
-        help="peering priority of this replica (default: random)",
+        help="also serve ClusterITCareCredentials (cluster-wide mode only)",
+    )
+    run.add_argument(
+        "--allowed-source-namespace",
+        action="append",
+        default=None,
+        metavar="NS",
+        help="namespace a ClusterITCareCredential may read its API account from "
+        "(repeatable; default: the operator's own namespace, POD_NAMESPACE)",
     )
 
     token = sub.add_parser(
@@ -219,8 +228,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_format=log_format,
         log_level=str(pick(args.log_level, "log-level")).upper(),
         standalone=bool(args.standalone or _env_bool("standalone")),
-        priority=int(pick(args.priority, "priority", int)),  # type: ignore[call-overload]
+        cluster_credentials=bool(args.cluster_credentials or _env_bool("cluster-credentials")),
+        allowed_source_namespaces=tuple(
+            dict.fromkeys(
+                args.allowed_source_namespace or _env_list("allowed-source-namespace") or []
+            )
+        ),
+        operator_namespace=os.environ.get("POD_NAMESPACE") or defaults.operator_namespace,
     )
+    if settings.cluster_credentials and settings.namespaces:
+        raise UsageError("--cluster-credentials needs cluster-wide mode (no --namespace)")
     for url in settings.allowed_token_urls:
         if not url.startswith(("https://", "http://")):
             raise UsageError(f"--allowed-token-url must be an http(s) URL prefix, got {url!r}")
@@ -252,9 +269,21 @@ def credentials_from_args(args: argparse.Namespace) -> ClientCredentials:
         namespace, _, name = args.from_secret.partition("/")
         if not namespace or not name:
             raise UsageError("--from-secret takes NAMESPACE/NAME")
+        import kubernetes
+
         from itcare_operator.kube import read_credentials_sync
 
-        return read_credentials_sync(namespace, name, args.client_id_key, args.client_secret_key)
+        try:
+            return read_credentials_sync(
+                namespace, name, args.client_id_key, args.client_secret_key
+            )
+        except CredentialError as exc:
+            raise UsageError(f"--from-secret {namespace}/{name}: {exc}") from None
+        except (kubernetes.config.ConfigException, OSError) as exc:
+            raise UsageError(
+                f"--from-secret: no usable kubeconfig ({type(exc).__name__}); "
+                "set KUBECONFIG or run in a cluster"
+            ) from None
     if bool(args.client_id_file) != bool(args.client_secret_file):
         raise UsageError("--client-id-file and --client-secret-file go together")
     if args.client_id_file:

@@ -43,10 +43,17 @@ from itcare_operator.target_secret import (
     stored_token,
     updated_secret,
 )
-from itcare_operator.token import Token, format_time
+from itcare_operator.token import Token, format_time, parse_time
 from itcare_operator.token_endpoint import Grant, TokenEndpoints, utcnow
 
-__all__ = ["REFRESH_ANNOTATION", "Controller", "Key"]
+__all__ = [
+    "REFRESH_ANNOTATION",
+    "Controller",
+    "Key",
+    "resumed_refresh_at",
+    "slim",
+    "source_fingerprint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +116,7 @@ class CredentialState:
         }
 
 
-def _source_fingerprint(secret: Mapping[str, Any] | None) -> str:
+def source_fingerprint(secret: Mapping[str, Any] | None) -> str:
     """A digest of what matters in a source Secret (never logged, never stored)."""
     if secret is None:
         return "absent"
@@ -124,10 +131,34 @@ def _source_fingerprint(secret: Mapping[str, Any] | None) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def _slim(secret: Mapping[str, Any]) -> dict[str, Any]:
+def slim(secret: Mapping[str, Any]) -> dict[str, Any]:
     """A Secret without ``managedFields`` (large, and never needed here)."""
     meta = {k: v for k, v in (secret.get("metadata") or {}).items() if k != "managedFields"}
     return {**secret, "metadata": meta}
+
+
+def resumed_refresh_at(
+    token: Token,
+    status: Mapping[str, Any] | None,
+    now: dt.datetime,
+    policy: RefreshPolicy,
+    rand: float,
+) -> dt.datetime:
+    """The refresh time of a token found at start-up.
+
+    The status' ``nextRefreshTime`` is kept when it belongs to this token and is not
+    later than the policy allows: a restart then changes no status (one patch per
+    credential saved) and keeps the jitter that spread the credentials out.
+    """
+    fresh = next_refresh_at(token.received_at, token.expires_at, now, policy, rand)
+    if not status or status.get("tokenExpiresAt") != format_time(token.expires_at):
+        return fresh
+    try:
+        announced = parse_time(str(status.get("nextRefreshTime") or ""))
+    except ValueError:
+        return fresh
+    latest = next_refresh_at(token.received_at, token.expires_at, now, policy, 0.0)
+    return max(announced, now) if announced <= latest else fresh
 
 
 class Controller:
@@ -153,7 +184,7 @@ class Controller:
         self.credentials: dict[Key, CredentialState] = {}
         self._by_source: dict[Key, set[Key]] = {}  # (ns, source name) -> credentials
         self._by_target: dict[Key, Key] = {}  # (ns, target name) -> credential
-        self._sources: dict[Key, dict[str, Any]] = {}  # source Secrets, from their watch
+        self.sources: dict[Key, dict[str, Any]] = {}  # source Secrets, from their watch
         # Managed Secrets listed at start-up before their credential was seen.
         self._listed_targets: dict[Key, dict[str, Any]] = {}
         self._counts = {"ready": 0, "not_ready": 0, "suspended": 0}
@@ -209,11 +240,11 @@ class Controller:
         meta = secret.get("metadata") or {}
         where = (meta.get("namespace", ""), meta.get("name", ""))
         if type_ == "DELETED":
-            self._sources.pop(where, None)
+            self.sources.pop(where, None)
         else:
-            self._sources[where] = _slim(secret)
+            self.sources[where] = slim(secret)
         users = self._by_source.get(where, ())
-        fingerprint = _source_fingerprint(None if type_ == "DELETED" else secret)
+        fingerprint = source_fingerprint(None if type_ == "DELETED" else secret)
         for key in users:
             state = self.credentials.get(key)
             if state is None:
@@ -236,7 +267,7 @@ class Controller:
             if type_ == "DELETED":
                 self._listed_targets.pop((meta.get("namespace", ""), meta.get("name", "")), None)
             elif type_ is None:  # listed before its credential: keep it for a moment
-                self._listed_targets[(meta.get("namespace", ""), meta.get("name", ""))] = _slim(
+                self._listed_targets[(meta.get("namespace", ""), meta.get("name", ""))] = slim(
                     secret
                 )
             return
@@ -298,7 +329,7 @@ class Controller:
         if token is not None and (state.token is None or token.expires_at > state.token.expires_at):
             state.token = token
             state.written_version = (secret.get("metadata") or {}).get("resourceVersion")
-            state.target_cache = _slim(secret)
+            state.target_cache = slim(secret)
 
     # -- reconcile -------------------------------------------------------------------
     async def _reconcile_key(self, key: Hashable) -> None:
@@ -359,8 +390,8 @@ class Controller:
         token = state.token
         valid = token is not None and token.is_valid(now)
         if token is not None and state.refresh_at is None:
-            state.refresh_at = next_refresh_at(
-                token.received_at, token.expires_at, now, spec.policy, self._rand()
+            state.refresh_at = resumed_refresh_at(
+                token, state.status_sent, now, spec.policy, self._rand()
             )
         due = state.refresh_at is not None and now >= state.refresh_at
         if not (state.force or not valid or due):
@@ -400,7 +431,7 @@ class Controller:
             state.forced_at = time.time()
         grant = spec.grant
         try:
-            source = self._sources.get((state.namespace, spec.source_name))
+            source = self.sources.get((state.namespace, spec.source_name))
             if source is None:  # not watched (unlabelled), or not there: ask
                 source = await self.kube.get_secret(state.namespace, spec.source_name)
         except KubeError as exc:
@@ -414,7 +445,7 @@ class Controller:
                 kind=FailureKind.TRANSIENT,
             )
             return
-        state.source_fingerprint = _source_fingerprint(source)
+        state.source_fingerprint = source_fingerprint(source)
         started = time.monotonic()
         try:
             credentials = credentials_from_secret(
@@ -540,7 +571,7 @@ class Controller:
                         raise TargetConflictDuringWrite from None
                     continue
             state.written_version = (written.get("metadata") or {}).get("resourceVersion")
-            state.target_cache = _slim(written)
+            state.target_cache = slim(written)
             return
         raise KubeError(f"target Secret {spec.target_name} kept changing under us")
 

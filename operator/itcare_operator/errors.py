@@ -45,6 +45,11 @@ class Reason(enum.StrEnum):
     TOKEN_URL_NOT_ALLOWED = "TokenURLNotAllowed"
     TARGET_SECRET_CONFLICT = "TargetSecretConflict"
     INVALID_SPEC = "InvalidSpec"
+    SOURCE_NAMESPACE_NOT_ALLOWED = "SourceNamespaceNotAllowed"  # ClusterITCareCredential
+    # Synced (ClusterITCareCredential) and per-namespace reasons in status.failedNamespaces
+    NAMESPACES_SYNCED = "NamespacesSynced"
+    NAMESPACES_FAILED = "NamespacesFailed"
+    TARGET_WRITE_FAILED = "TargetWriteFailed"
 
 
 class FailureKind(enum.Enum):

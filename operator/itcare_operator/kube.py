@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -29,6 +30,7 @@ from itcare_operator.source_secret import credentials_from_secret
 from itcare_operator.token import ClientCredentials, format_time
 
 __all__ = [
+    "CLUSTER_PLURAL",
     "GROUP",
     "PLURAL",
     "VERSION",
@@ -37,7 +39,10 @@ __all__ = [
     "KubeError",
     "NotFound",
     "SecretWatch",
+    "Watch",
+    "cluster_credential_watch",
     "load_config",
+    "namespace_watch",
     "read_credentials_sync",
 ]
 
@@ -46,6 +51,7 @@ log = logging.getLogger(__name__)
 GROUP = "itcare.cegedim.cloud"
 VERSION = "v1alpha1"
 PLURAL = "itcarecredentials"
+CLUSTER_PLURAL = "clusteritcarecredentials"
 COMPONENT = "itcare-token-operator"
 REQUEST_TIMEOUT = (5, 30)  # connect, read: no API call may hang a worker thread
 
@@ -194,6 +200,64 @@ class KubeClient:
         )
         return resp
 
+    async def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete a Secret (only the one with ``uid`` when given); absent is fine."""
+        body = {"preconditions": {"uid": uid}} if uid else None
+        with contextlib.suppress(NotFound):
+            await self._call(
+                "delete",
+                "secrets",
+                f"delete Secret {namespace}/{name}",
+                self.core.delete_namespaced_secret,
+                name,
+                namespace,
+                body=body,
+            )
+
+    async def list_secrets(self, label_selector: str) -> list[dict[str, Any]]:
+        """Secrets in every namespace with this label selector."""
+        doc = await self._call(
+            "list",
+            "secrets",
+            f"list Secrets ({label_selector})",
+            self.core.list_secret_for_all_namespaces,
+            label_selector=label_selector,
+        )
+        return list(doc.get("items") or [])
+
+    # -- ClusterITCareCredential -------------------------------------------------------
+    async def patch_cluster_status(self, name: str, status: Mapping[str, Any]) -> None:
+        await self._call(
+            "patch",
+            f"{CLUSTER_PLURAL}/status",
+            f"patch status of ClusterITCareCredential {name}",
+            self.custom.patch_cluster_custom_object_status,
+            GROUP,
+            VERSION,
+            CLUSTER_PLURAL,
+            name,
+            {"status": status},
+        )
+
+    async def set_cluster_finalizers(
+        self, name: str, finalizers: list[str], resource_version: str | None
+    ) -> dict[str, Any]:
+        """Replace the finalizer list (a conflict if the object changed meanwhile)."""
+        meta: dict[str, Any] = {"finalizers": finalizers}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        return await self._call(
+            "patch",
+            CLUSTER_PLURAL,
+            f"patch finalizers of ClusterITCareCredential {name}",
+            self.custom.patch_cluster_custom_object,
+            GROUP,
+            VERSION,
+            CLUSTER_PLURAL,
+            name,
+            {"metadata": meta},
+        )
+
     # -- ITCareCredential ------------------------------------------------------------
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         await self._call(
@@ -212,11 +276,18 @@ class KubeClient:
 
     # -- Events ------------------------------------------------------------------------
     async def create_event(
-        self, involved: Mapping[str, Any], type_: str, reason: str, message: str
+        self,
+        involved: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+        *,
+        namespace: str | None = None,
     ) -> None:
+        """Post an Event; for a cluster-scoped object, in ``namespace`` (as for Nodes)."""
         now = dt.datetime.now(dt.UTC)
         stamp = format_time(now)
-        namespace = involved["namespace"]
+        namespace = involved.get("namespace") or namespace or "default"
         body = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -249,12 +320,13 @@ class KubeClient:
             log.warning("could not post event %s: %s", reason, exc)
 
 
-class SecretWatch:
-    """List-then-watch Secrets matching a label selector, in a background thread.
+class Watch:
+    """List-then-watch objects matching a label selector, in a background thread.
 
-    ``on_event(type, secret)`` is called on the event loop for every Secret listed
+    ``on_event(type, obj)`` is called on the event loop for every object listed
     (type ``None``) or changed (``ADDED``/``MODIFIED``/``DELETED``). The watch resumes
-    from the last resourceVersion; on 410 Gone or any error it lists again.
+    from the last resourceVersion; on 410 Gone or any error it lists again. ``synced``
+    is set once the first listing has been delivered.
     """
 
     def __init__(
@@ -263,12 +335,14 @@ class SecretWatch:
         label_selector: str,
         on_event: Callable[[str | None, dict[str, Any]], None],
         *,
-        namespace: str | None = None,
+        list_fn: Callable[..., Any],
+        what: str = "Secret",
         timeout_seconds: int = 60,
     ) -> None:
         self._client = client
+        self._what = f"{what} watch ({label_selector or 'all'})"
         self._selector = label_selector
-        self._namespace = namespace
+        self._list_call = list_fn
         self._on_event = on_event
         self._timeout = timeout_seconds
         self._stopping = threading.Event()
@@ -278,9 +352,7 @@ class SecretWatch:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(
-            target=self._run, name=f"watch-{self._selector}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=self._what, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -294,10 +366,7 @@ class SecretWatch:
         self._loop.call_soon_threadsafe(self._on_event, type_, obj)
 
     def _list_fn(self) -> Callable[..., Any]:
-        core = self._client.core
-        if self._namespace:
-            return functools.partial(core.list_namespaced_secret, self._namespace)
-        return core.list_secret_for_all_namespaces
+        return self._list_call
 
     def _run(self) -> None:
         delay = 0.5
@@ -308,11 +377,11 @@ class SecretWatch:
                 while not self._stopping.is_set():
                     version = self._watch(version)
             except _Gone:
-                log.info("Secret watch (%s) expired; listing again", self._selector)
+                log.info("%s expired; listing again", self._what)
             except Exception as exc:  # network, API server restart: list again after a pause
                 log.warning(
-                    "Secret watch (%s) failed: %s; retrying in %.1fs",
-                    self._selector,
+                    "%s failed: %s; retrying in %.1fs",
+                    self._what,
                     _safe(exc),
                     delay,
                 )
@@ -358,6 +427,44 @@ class SecretWatch:
         return version
 
 
+class SecretWatch(Watch):
+    """A :class:`Watch` of Secrets, in one namespace or all."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        label_selector: str,
+        on_event: Callable[[str | None, dict[str, Any]], None],
+        *,
+        namespace: str | None = None,
+        timeout_seconds: int = 60,
+    ) -> None:
+        core = client.core
+        list_fn = (
+            functools.partial(core.list_namespaced_secret, namespace)
+            if namespace
+            else core.list_secret_for_all_namespaces
+        )
+        super().__init__(
+            client, label_selector, on_event, list_fn=list_fn, timeout_seconds=timeout_seconds
+        )
+
+
+def namespace_watch(
+    client: KubeClient, on_event: Callable[[str | None, dict[str, Any]], None]
+) -> Watch:
+    return Watch(client, "", on_event, list_fn=client.core.list_namespace, what="Namespace")
+
+
+def cluster_credential_watch(
+    client: KubeClient, on_event: Callable[[str | None, dict[str, Any]], None]
+) -> Watch:
+    list_fn = functools.partial(
+        client.custom.list_cluster_custom_object, GROUP, VERSION, CLUSTER_PLURAL
+    )
+    return Watch(client, "", on_event, list_fn=list_fn, what="ClusterITCareCredential")
+
+
 class _Gone(Exception):
     pass
 
@@ -398,6 +505,11 @@ def read_credentials_sync(
                     f"cannot read Secret {namespace}/{name}: {exc.status} {exc.reason}",
                     reason=Reason.SOURCE_SECRET_NOT_FOUND,
                 ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise CredentialError(
+                f"cannot reach the API server ({type(exc).__name__})",
+                reason=Reason.SOURCE_SECRET_NOT_FOUND,
+            ) from None
         return credentials_from_secret(
             secret,
             name=f"{namespace}/{name}",

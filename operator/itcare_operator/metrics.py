@@ -1,7 +1,11 @@
 """Prometheus metrics of the public contract, on an injected registry.
 
-Labels are namespace/name/result/grant/reason/state only: never a token, secret or
-client id. Per-credential series are removed when the credential is deleted.
+Labels are namespace/name/scope/result/grant/reason/state only: never a token,
+secret or client id. Per-credential series are removed when the credential is deleted.
+
+``scope`` tells the kinds apart: ``namespaced`` for an ITCareCredential, ``cluster``
+for a ClusterITCareCredential (whose ``namespace`` label is empty, as for any
+cluster-scoped object). Series are per credential, never per credential x namespace.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from itcare_operator._version import __version__
 
-__all__ = ["Metrics"]
+__all__ = ["CLUSTER", "NAMESPACED", "Metrics"]
+
+NAMESPACED = "namespaced"
+CLUSTER = "cluster"
 
 
 class Metrics:
@@ -23,13 +30,13 @@ class Metrics:
         self.refresh_total = Counter(
             "itcare_token_refresh_total",
             "Token refresh attempts by outcome and grant.",
-            ["namespace", "name", "result", "grant"],
+            ["namespace", "name", "result", "grant", "scope"],
             registry=r,
         )
         self.refresh_errors_total = Counter(
             "itcare_token_refresh_errors_total",
             "Failed refresh attempts by Refreshed reason.",
-            ["namespace", "name", "reason"],
+            ["namespace", "name", "reason", "scope"],
             registry=r,
         )
         self.request_duration = Histogram(
@@ -42,19 +49,19 @@ class Metrics:
         self.expiration = Gauge(
             "itcare_token_expiration_timestamp_seconds",
             "Unix time the token in the target Secret expires.",
-            ["namespace", "name"],
+            ["namespace", "name", "scope"],
             registry=r,
         )
         self.next_refresh = Gauge(
             "itcare_token_next_refresh_timestamp_seconds",
             "Unix time of the next scheduled refresh.",
-            ["namespace", "name"],
+            ["namespace", "name", "scope"],
             registry=r,
         )
         self.ready = Gauge(
             "itcare_credential_ready",
             "1 when the credential's target Secret holds a valid token.",
-            ["namespace", "name"],
+            ["namespace", "name", "scope"],
             registry=r,
         )
         self.credentials = Gauge(
@@ -65,6 +72,7 @@ class Metrics:
         )
         for state in ("ready", "not_ready", "suspended"):
             self.credentials.labels(state).set(0)
+        self._counts: dict[str, tuple[int, int, int]] = {}
         self.loop_lag = Histogram(
             "itcare_event_loop_lag_seconds",
             "How late the operator's event loop runs a 100 ms timer (responsiveness).",
@@ -77,18 +85,26 @@ class Metrics:
             ["verb", "resource"],
             registry=r,
         )
+        self.cluster_namespaces = Gauge(
+            "itcare_cluster_credential_namespaces",
+            "Namespaces of a ClusterITCareCredential by state (selected/synced/failed).",
+            ["name", "state"],
+            registry=r,
+        )
         build = Gauge("itcare_build_info", "Build information.", ["version"], registry=r)
         build.labels(__version__).set(1)
 
     def observe_request(self, seconds: float, ok: bool) -> None:
         self.request_duration.labels("success" if ok else "failure").observe(seconds)
 
-    def refreshed(self, namespace: str, name: str, grant: str) -> None:
-        self.refresh_total.labels(namespace, name, "success", grant).inc()
+    def refreshed(self, namespace: str, name: str, grant: str, scope: str = NAMESPACED) -> None:
+        self.refresh_total.labels(namespace, name, "success", grant, scope).inc()
 
-    def failed(self, namespace: str, name: str, grant: str, reason: str) -> None:
-        self.refresh_total.labels(namespace, name, "failure", grant).inc()
-        self.refresh_errors_total.labels(namespace, name, reason).inc()
+    def failed(
+        self, namespace: str, name: str, grant: str, reason: str, scope: str = NAMESPACED
+    ) -> None:
+        self.refresh_total.labels(namespace, name, "failure", grant, scope).inc()
+        self.refresh_errors_total.labels(namespace, name, reason, scope).inc()
 
     def credential_state(
         self,
@@ -98,30 +114,42 @@ class Metrics:
         ready: bool,
         expires_at: dt.datetime | None,
         next_refresh: dt.datetime | None,
+        scope: str = NAMESPACED,
     ) -> None:
-        self.ready.labels(namespace, name).set(1 if ready else 0)
+        self.ready.labels(namespace, name, scope).set(1 if ready else 0)
         if expires_at is not None:
-            self.expiration.labels(namespace, name).set(expires_at.timestamp())
+            self.expiration.labels(namespace, name, scope).set(expires_at.timestamp())
         else:
-            _remove(self.expiration, namespace, name)
+            _remove(self.expiration, namespace, name, scope)
         if next_refresh is not None:
-            self.next_refresh.labels(namespace, name).set(next_refresh.timestamp())
+            self.next_refresh.labels(namespace, name, scope).set(next_refresh.timestamp())
         else:
-            _remove(self.next_refresh, namespace, name)
+            _remove(self.next_refresh, namespace, name, scope)
 
-    def set_counts(self, ready: int, not_ready: int, suspended: int) -> None:
-        self.credentials.labels("ready").set(ready)
-        self.credentials.labels("not_ready").set(not_ready)
-        self.credentials.labels("suspended").set(suspended)
+    def namespaces(self, name: str, selected: int, synced: int, failed: int) -> None:
+        self.cluster_namespaces.labels(name, "selected").set(selected)
+        self.cluster_namespaces.labels(name, "synced").set(synced)
+        self.cluster_namespaces.labels(name, "failed").set(failed)
 
-    def forget(self, namespace: str, name: str) -> None:
+    def set_counts(
+        self, ready: int, not_ready: int, suspended: int, scope: str = NAMESPACED
+    ) -> None:
+        """``itcare_credentials`` counts both kinds: each reports its own part."""
+        self._counts[scope] = (ready, not_ready, suspended)
+        for i, state in enumerate(("ready", "not_ready", "suspended")):
+            self.credentials.labels(state).set(sum(c[i] for c in self._counts.values()))
+
+    def forget(self, namespace: str, name: str, scope: str = NAMESPACED) -> None:
         """Drop every series of a deleted credential."""
         for gauge in (self.expiration, self.next_refresh, self.ready):
-            _remove(gauge, namespace, name)
+            _remove(gauge, namespace, name, scope)
         for counter in (self.refresh_total, self.refresh_errors_total):
             for labels in list(counter._metrics):
-                if labels[0] == namespace and labels[1] == name:
+                if labels[0] == namespace and labels[1] == name and labels[-1] == scope:
                     counter.remove(*labels)
+        if scope == CLUSTER:
+            for state in ("selected", "synced", "failed"):
+                _remove(self.cluster_namespaces, name, state)
 
 
 def _remove(metric: Gauge, *labels: str) -> None:

@@ -9,20 +9,28 @@ import os
 import socket
 import time
 import uuid
+from typing import Any
 
 import kopf
 
 from itcare_operator import handlers  # noqa: F401 - registers the kopf handlers
 from itcare_operator._version import __version__
+from itcare_operator.cluster import ClusterController
 from itcare_operator.controller import Controller
 from itcare_operator.health import HttpServers
-from itcare_operator.kube import KubeClient, SecretWatch
+from itcare_operator.kube import (
+    KubeClient,
+    SecretWatch,
+    Watch,
+    cluster_credential_watch,
+    namespace_watch,
+)
 from itcare_operator.leader import LeaseElector, LostLeadership
 from itcare_operator.logs import configure_logging
 from itcare_operator.metrics import Metrics
 from itcare_operator.settings import Settings
 from itcare_operator.source_secret import SOURCE_LABEL
-from itcare_operator.target_secret import MANAGED_BY, MANAGED_BY_LABEL
+from itcare_operator.target_secret import CLUSTER_CREDENTIAL_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
 
 __all__ = ["Runtime", "run_operator"]
@@ -51,8 +59,13 @@ class Runtime:
             verb, resource
         ).inc()
         self.controller = Controller(settings, kube, self.endpoints, self.metrics)
+        self.cluster: ClusterController | None = None
+        if settings.cluster_credentials:
+            self.cluster = ClusterController(
+                settings, kube, self.endpoints, self.metrics, self.controller.sources
+            )
         self._lag_task: asyncio.Task[None] | None = None
-        self.watches: list[SecretWatch] = []
+        self.watches: list[Watch] = []
         self.http = HttpServers(
             registry=self.metrics.registry,
             heartbeat=lambda: self.controller.scheduler.heartbeat,
@@ -62,26 +75,31 @@ class Runtime:
     def ready(self) -> bool:
         return all(w.synced.is_set() for w in self.watches)
 
+    def _source_event(self, type_: str | None, secret: dict[str, Any]) -> None:
+        self.controller.source_secret_event(type_, secret)
+        if self.cluster is not None:
+            self.cluster.source_secret_event(type_, secret)
+
+    def _target_event(self, type_: str | None, secret: dict[str, Any]) -> None:
+        labels = (secret.get("metadata") or {}).get("labels") or {}
+        if self.cluster is not None and CLUSTER_CREDENTIAL_LABEL in labels:
+            self.cluster.copy_event(type_, secret)
+        else:
+            self.controller.target_secret_event(type_, secret)
+
     async def start(self) -> None:
         source_selector = f"{SOURCE_LABEL}=true" if self.settings.require_source_label else ""
         target_selector = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
         for namespace in self.settings.namespaces or [None]:
             self.watches.append(
-                SecretWatch(
-                    self.kube,
-                    source_selector,
-                    self.controller.source_secret_event,
-                    namespace=namespace,
-                )
+                SecretWatch(self.kube, source_selector, self._source_event, namespace=namespace)
             )
             self.watches.append(
-                SecretWatch(
-                    self.kube,
-                    target_selector,
-                    self.controller.target_secret_event,
-                    namespace=namespace,
-                )
+                SecretWatch(self.kube, target_selector, self._target_event, namespace=namespace)
             )
+        if self.cluster is not None:
+            self.watches.append(namespace_watch(self.kube, self.cluster.namespace_event))
+            self.watches.append(cluster_credential_watch(self.kube, self.cluster.credential_event))
         for watch in self.watches:
             watch.start()
         # Reconcile only once the Secrets are listed: stored tokens are then known
@@ -93,12 +111,20 @@ class Runtime:
         except TimeoutError:
             log.warning("Secret watches not synced after 60 s; starting anyway")
         self.controller.scheduler.start()
+        if self.cluster is not None:
+            if self.ready():  # never judge copies orphaned from a partial listing
+                await self.cluster.delete_orphans()
+            self.cluster.scheduler.start()
         self._lag_task = asyncio.create_task(self._measure_loop_lag(), name="loop-lag")
         await self.http.start(self.settings.health_port, self.settings.metrics_port)
         log.info(
-            "itcare-token-operator %s started (%s)",
+            "itcare-token-operator %s started (%s%s)",
             __version__,
             ", ".join(self.settings.namespaces) or "all namespaces",
+            "; ClusterITCareCredentials with sources in "
+            + ", ".join(self.settings.source_namespaces)
+            if self.cluster
+            else "",
         )
 
     async def _measure_loop_lag(self, period: float = 0.1) -> None:
@@ -114,6 +140,8 @@ class Runtime:
         for watch in self.watches:
             watch.stop()
         await self.controller.scheduler.stop()
+        if self.cluster is not None:
+            await self.cluster.scheduler.stop()
         await self.endpoints.aclose()
         await self.http.stop()
 
@@ -134,7 +162,10 @@ async def _operate(settings: Settings) -> int:
     kube = KubeClient(threads=16)
     elector: LeaseElector | None = None
     if not settings.standalone:
-        namespace = os.environ.get("POD_NAMESPACE") or (settings.namespaces or ("default",))[0]
+        namespace = (
+            os.environ.get("POD_NAMESPACE")
+            or (settings.namespaces or (settings.operator_namespace,))[0]
+        )
         identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
         elector = LeaseElector(kube, namespace, settings.peering_name, identity)
         await elector.acquire()

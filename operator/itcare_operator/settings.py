@@ -48,10 +48,21 @@ class Settings:
     """Run without peering (no leader election between replicas)."""
 
     peering_name: str = "itcare-token-operator"
-    """Name of the kopf peering object used to keep a single active replica."""
+    """Name of the Lease used to keep a single active replica."""
 
-    priority: int = 0
-    """Peering priority of this replica (higher wins); 0 picks one at random."""
+    cluster_credentials: bool = False
+    """Serve ClusterITCareCredentials (cluster-wide mode only)."""
+
+    allowed_source_namespaces: tuple[str, ...] = ()
+    """Namespaces a ClusterITCareCredential may read its API account from;
+    empty: the operator's own namespace."""
+
+    operator_namespace: str = "default"
+    """The operator's own namespace (``POD_NAMESPACE``): Lease, cluster-scoped events."""
+
+    @property
+    def source_namespaces(self) -> tuple[str, ...]:
+        return self.allowed_source_namespaces or (self.operator_namespace,)
 
     def token_url_allowed(self, url: str) -> bool:
         return any(url.startswith(prefix) for prefix in self.allowed_token_urls)

@@ -15,9 +15,17 @@ from typing import Any
 
 from itcare_operator.errors import CredentialError, Reason
 from itcare_operator.refresh_policy import RefreshPolicy
+from itcare_operator.selector import InvalidSelector, LabelSelector, parse_selector
 from itcare_operator.token_endpoint import DEFAULT_TOKEN_URL, Grant
 
-__all__ = ["CredentialSpec", "InvalidSpec", "SecretKeys", "parse_spec"]
+__all__ = [
+    "ClusterCredentialSpec",
+    "CredentialSpec",
+    "InvalidSpec",
+    "SecretKeys",
+    "parse_cluster_spec",
+    "parse_spec",
+]
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
@@ -158,6 +166,51 @@ def parse_spec(spec: Mapping[str, Any] | None) -> CredentialSpec:
         keys=keys,
         suspend=suspend,
     )
+
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterCredentialSpec:
+    """``ClusterITCareCredential.spec``: the token options plus where it goes."""
+
+    credential: CredentialSpec  # token options and target Secret
+    source_namespace: str
+    selector: LabelSelector | None  # None: no namespaceSelector given
+    namespaces: frozenset[str]
+
+    def selects(self, namespace: str, labels: Mapping[str, str]) -> bool:
+        return namespace in self.namespaces or (
+            self.selector is not None and self.selector.matches(labels)
+        )
+
+
+def parse_cluster_spec(spec: Mapping[str, Any] | None) -> ClusterCredentialSpec:
+    """Defaults and rules of a ClusterITCareCredential; :class:`InvalidSpec` when broken."""
+    spec = _mapping(spec, "spec")
+    credential = parse_spec(spec)
+    source = _mapping(spec.get("clientSecretRef"), "spec.clientSecretRef")
+    namespace = _string(source, "namespace", "spec.clientSecretRef")
+    if not DNS_LABEL.match(namespace) or len(namespace) > 63:
+        raise InvalidSpec("spec.clientSecretRef.namespace must be a valid namespace name")
+    selector_doc = spec.get("namespaceSelector")
+    try:
+        selector = (
+            None if selector_doc is None else parse_selector(selector_doc, "spec.namespaceSelector")
+        )
+    except InvalidSelector as exc:
+        raise InvalidSpec(str(exc)) from None
+    names = spec.get("namespaces")
+    if names is None:
+        names = []
+    if not isinstance(names, list) or not all(
+        isinstance(n, str) and DNS_LABEL.match(n) and len(n) <= 63 for n in names
+    ):
+        raise InvalidSpec("spec.namespaces must be a list of namespace names")
+    if selector is None and not names:
+        raise InvalidSpec("set spec.namespaceSelector or spec.namespaces (or both)")
+    return ClusterCredentialSpec(credential, namespace, selector, frozenset(names))
 
 
 def _camel(name: str) -> str:

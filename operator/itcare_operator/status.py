@@ -14,7 +14,17 @@ from typing import Any
 from itcare_operator.errors import Reason
 from itcare_operator.token import format_time
 
-__all__ = ["Condition", "Observation", "ready_condition", "render_status"]
+__all__ = [
+    "MAX_FAILED_NAMESPACES",
+    "Condition",
+    "Fanout",
+    "Observation",
+    "ready_condition",
+    "render_cluster_status",
+    "render_status",
+]
+
+MAX_FAILED_NAMESPACES = 50  # entries in status.failedNamespaces (the count is complete)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,3 +127,49 @@ def render_status(
         "lastFailureTime": when(obs.last_failure, "lastFailureTime"),
         "consecutiveFailures": obs.consecutive_failures,
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class Fanout:
+    """Where a ClusterITCareCredential's token went."""
+
+    selected: int
+    synced: int
+    failed: Mapping[str, tuple[str, str]]  # namespace -> (reason, message)
+
+
+def render_cluster_status(
+    obs: Observation, fanout: Fanout, previous: Mapping[str, Any] | None, now: dt.datetime
+) -> dict[str, Any]:
+    """The status of a ClusterITCareCredential: that of an ITCareCredential, plus a
+    ``Synced`` condition and the namespace counts."""
+    status = render_status(obs, previous, now)
+    failed = sorted(fanout.failed.items())
+    if failed:
+        shown = ", ".join(f"{ns} ({reason})" for ns, (reason, _) in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        synced = Condition(
+            "Synced",
+            False,
+            Reason.NAMESPACES_FAILED,
+            f"{len(failed)} of {fanout.selected} namespaces failed: {shown}{more}",
+        )
+    else:
+        synced = Condition(
+            "Synced",
+            True,
+            Reason.NAMESPACES_SYNCED,
+            f"{fanout.synced} of {fanout.selected} selected namespaces hold the token",
+        )
+    old = (previous or {}).get("conditions") or []
+    status["conditions"].append(_condition_dict(synced, old, obs.generation, now))
+    if status["summaryReason"] == status["conditions"][0]["reason"] and failed:
+        status["summaryReason"] = str(Reason.NAMESPACES_FAILED)
+    status["selectedNamespaces"] = fanout.selected
+    status["syncedNamespaces"] = fanout.synced
+    status["failedNamespaceCount"] = len(failed)
+    status["failedNamespaces"] = [
+        {"namespace": ns, "reason": reason, "message": message[:256]}
+        for ns, (reason, message) in failed[:MAX_FAILED_NAMESPACES]
+    ]
+    return status

@@ -16,10 +16,13 @@ from itcare_operator.spec import CredentialSpec, SecretKeys
 from itcare_operator.token import Token, format_time, parse_time
 
 __all__ = [
+    "CLUSTER_CREDENTIAL_LABEL",
+    "CLUSTER_KIND",
     "CREDENTIAL_LABEL",
     "EXPIRES_AT_ANNOTATION",
     "MANAGED_BY",
     "MANAGED_BY_LABEL",
+    "OWNER_UID_ANNOTATION",
     "REFRESHED_AT_ANNOTATION",
     "Owner",
     "desired_secret",
@@ -34,18 +37,28 @@ MANAGED_BY = "itcare-token-operator"
 CREDENTIAL_LABEL = "itcare.cegedim.cloud/credential"
 EXPIRES_AT_ANNOTATION = "itcare.cegedim.cloud/expires-at"
 REFRESHED_AT_ANNOTATION = "itcare.cegedim.cloud/refreshed-at"
+# Copies written for a ClusterITCareCredential: no ownerReference (the owner is
+# cluster-scoped and the operator deletes copies itself), ownership by uid annotation.
+CLUSTER_CREDENTIAL_LABEL = "itcare.cegedim.cloud/cluster-credential"
+OWNER_UID_ANNOTATION = "itcare.cegedim.cloud/owner-uid"
+CLUSTER_KIND = "ClusterITCareCredential"
 API_VERSION = "itcare.cegedim.cloud/v1alpha1"
 
 
 @dataclasses.dataclass(frozen=True)
 class Owner:
-    """The ITCareCredential a target Secret belongs to."""
+    """The credential a target Secret belongs to; for a ClusterITCareCredential,
+    ``namespace`` is the namespace of the copy."""
 
     namespace: str
     name: str
     uid: str
     kind: str = "ITCareCredential"
     api_version: str = API_VERSION
+
+    @property
+    def cluster(self) -> bool:
+        return self.kind == CLUSTER_KIND
 
     def reference(self) -> dict[str, Any]:
         return {
@@ -65,12 +78,15 @@ def _b64(text: str) -> str:
 def desired_secret(spec: CredentialSpec, owner: Owner, token: Token) -> dict[str, Any]:
     """The complete target Secret for this token."""
     keys = spec.keys
-    labels = {**spec.target_labels, MANAGED_BY_LABEL: MANAGED_BY, CREDENTIAL_LABEL: owner.name}
+    owner_label = CLUSTER_CREDENTIAL_LABEL if owner.cluster else CREDENTIAL_LABEL
+    labels = {**spec.target_labels, MANAGED_BY_LABEL: MANAGED_BY, owner_label: owner.name}
     annotations = {
         **spec.target_annotations,
         EXPIRES_AT_ANNOTATION: format_time(token.expires_at),
         REFRESHED_AT_ANNOTATION: format_time(token.received_at),
     }
+    if owner.cluster:
+        annotations[OWNER_UID_ANNOTATION] = owner.uid
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -80,7 +96,7 @@ def desired_secret(spec: CredentialSpec, owner: Owner, token: Token) -> dict[str
             "namespace": owner.namespace,
             "labels": labels,
             "annotations": annotations,
-            "ownerReferences": [owner.reference()],
+            "ownerReferences": [] if owner.cluster else [owner.reference()],
         },
         "data": {
             keys.access_token: _b64(token.access_token),
@@ -92,9 +108,19 @@ def desired_secret(spec: CredentialSpec, owner: Owner, token: Token) -> dict[str
 
 
 def is_owned(secret: Mapping[str, Any], uid: str) -> bool:
-    """True when the Secret names this credential as its controller owner."""
-    refs = (secret.get("metadata") or {}).get("ownerReferences") or []
+    """True when the Secret names this credential as its controller owner (a copy of
+    a ClusterITCareCredential: by the owner-uid annotation)."""
+    meta = secret.get("metadata") or {}
+    if uid and (meta.get("annotations") or {}).get(OWNER_UID_ANNOTATION) == uid:
+        return CLUSTER_CREDENTIAL_LABEL in (meta.get("labels") or {})
+    refs = meta.get("ownerReferences") or []
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
+
+
+def _owner_uid(desired: Mapping[str, Any]) -> str:
+    want = desired["metadata"]
+    refs = want.get("ownerReferences") or []
+    return str(refs[0]["uid"]) if refs else str(want["annotations"][OWNER_UID_ANNOTATION])
 
 
 def _ours_in(current: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
@@ -109,10 +135,7 @@ def needs_write(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool
         or existing.get("type", "Opaque") != "Opaque"
         or not _ours_in(meta.get("labels") or {}, want["labels"])
         or not _ours_in(meta.get("annotations") or {}, want["annotations"])
-        or not any(
-            ref.get("uid") == want["ownerReferences"][0]["uid"] and ref.get("controller")
-            for ref in meta.get("ownerReferences") or []
-        )
+        or not is_owned(existing, _owner_uid(desired))
     )
 
 
@@ -123,11 +146,8 @@ def updated_secret(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> d
     """
     meta = existing.get("metadata") or {}
     want = desired["metadata"]
-    others = [
-        r
-        for r in meta.get("ownerReferences") or []
-        if r.get("uid") != want["ownerReferences"][0]["uid"]
-    ]
+    uid = _owner_uid(desired)
+    others = [r for r in meta.get("ownerReferences") or [] if r.get("uid") != uid]
     return {
         **desired,
         "metadata": {

@@ -55,3 +55,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [events]
   verbs: [create]
 {{- end }}
+
+{{/*
+ClusterITCareCredential: only in cluster-wide mode (the template fails otherwise).
+Namespaces are read to select them; copies are deleted when a namespace stops
+matching or the credential goes (finalizer), hence secrets/delete.
+*/}}
+{{- define "itcare-token-operator.clusterCredentialRules" -}}
+- apiGroups: [itcare.cegedim.cloud]
+  resources: [clusteritcarecredentials]
+  verbs: [list, watch, patch]
+- apiGroups: [itcare.cegedim.cloud]
+  resources: [clusteritcarecredentials/status]
+  verbs: [patch]
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [delete]
+{{- end }}
