@@ -4,6 +4,7 @@ the operator with exactly the chart's ServiceAccount permissions."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import secrets
@@ -54,6 +55,17 @@ OPERATOR_USES = {
     ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
 }
+# ... and with clusterCredentials.enabled, these too.
+CLUSTER_CREDENTIALS_USE = {
+    ("itcare.cegedim.cloud", "clusteritcarecredentials", "list"),
+    ("itcare.cegedim.cloud", "clusteritcarecredentials", "watch"),
+    ("itcare.cegedim.cloud", "clusteritcarecredentials", "patch"),
+    ("itcare.cegedim.cloud", "clusteritcarecredentials/status", "patch"),
+    ("", "namespaces", "list"),
+    ("", "namespaces", "watch"),
+    ("", "secrets", "delete"),
+}
+CLUSTER_PLURAL = "clusteritcarecredentials"
 
 
 def render(helm: Helm, *args: str) -> list[dict[str, Any]]:
@@ -65,9 +77,10 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
-def test_chart_crd_is_the_top_level_crd() -> None:
-    top = (ROOT / "crds" / "itcarecredentials.itcare.cegedim.cloud.yaml").read_text()
-    copy = (CHART / "files" / "itcarecredentials.itcare.cegedim.cloud.yaml").read_text()
+@pytest.mark.parametrize("plural", [PLURAL, "clusteritcarecredentials"])
+def test_chart_crd_is_the_top_level_crd(plural: str) -> None:
+    top = (ROOT / "crds" / f"{plural}.{GROUP}.yaml").read_text()
+    copy = (CHART / "files" / f"{plural}.{GROUP}.yaml").read_text()
     assert copy == top, "run: cp crds/*.yaml charts/itcare-token-operator/files/"
 
 
@@ -226,9 +239,48 @@ def test_rbac_audit(helm: Helm, values: Path) -> None:
                             f"wildcard in {role['metadata']['name']}"
                         )
                         granted.add((group, resource, verb))
-    assert granted == OPERATOR_USES, (
-        f"extra: {granted - OPERATOR_USES}, missing: {OPERATOR_USES - granted}"
+    uses = OPERATOR_USES
+    if yaml.safe_load(values.read_text()).get("clusterCredentials", {}).get("enabled"):
+        uses = OPERATOR_USES | CLUSTER_CREDENTIALS_USE
+    assert granted == uses, f"extra: {granted - uses}, missing: {uses - granted}"
+
+
+def test_cluster_credentials_render(helm: Helm) -> None:
+    docs = render(helm, "-f", str(CHART / "ci" / "cluster-credentials-values.yaml"))
+    crds = {d["metadata"]["name"] for d in of_kind(docs, "CustomResourceDefinition")}
+    assert crds == {f"{PLURAL}.{GROUP}", f"{CLUSTER_PLURAL}.{GROUP}"}
+    (crd,) = [
+        d
+        for d in of_kind(docs, "CustomResourceDefinition")
+        if "cluster" in d["spec"]["names"]["plural"]
+    ]
+    top = yaml.safe_load((ROOT / "crds" / f"{CLUSTER_PLURAL}.{GROUP}.yaml").read_text())
+    assert crd["spec"] == top["spec"]
+    (deploy,) = of_kind(docs, "Deployment")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--cluster-credentials" in args
+    assert "--allowed-source-namespace=platform-accounts" in args
+    # Off by default: no CRD, no flag, no extra permission.
+    plain = render(helm)
+    assert len(of_kind(plain, "CustomResourceDefinition")) == 1
+    (deploy,) = of_kind(plain, "Deployment")
+    assert (
+        "--cluster-credentials" not in deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     )
+
+
+def test_cluster_credentials_refuse_namespaced_mode(helm: Helm) -> None:
+    proc = helm(
+        "template",
+        "x",
+        str(CHART),
+        "--set",
+        "clusterCredentials.enabled=true",
+        "--set",
+        "operator.watchNamespaces[0]=team-a",
+        check=False,
+    )
+    assert proc.returncode != 0 and "needs cluster-wide mode" in proc.stderr
 
 
 # -- installed, and the operator running as the chart's ServiceAccount -----------------------
@@ -237,16 +289,20 @@ def test_rbac_audit(helm: Helm, values: Path) -> None:
 def adopt_crd(
     kubectl: Callable[..., subprocess.CompletedProcess[str]], release: str, ns: str
 ) -> None:
-    """The session's CRD was applied by kubectl; let this release adopt it (helm's rule)."""
-    name = f"crd/{PLURAL}.{GROUP}"
-    kubectl("label", name, "app.kubernetes.io/managed-by=Helm", "--overwrite")
-    kubectl(
-        "annotate",
-        name,
-        f"meta.helm.sh/release-name={release}",
-        f"meta.helm.sh/release-namespace={ns}",
-        "--overwrite",
-    )
+    """The session's CRDs were applied by kubectl or an earlier release; let this
+    release adopt them (helm's rule)."""
+    for plural in (PLURAL, CLUSTER_PLURAL):
+        name = f"crd/{plural}.{GROUP}"
+        if kubectl("get", name, check=False).returncode != 0:
+            continue
+        kubectl("label", name, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+        kubectl(
+            "annotate",
+            name,
+            f"meta.helm.sh/release-name={release}",
+            f"meta.helm.sh/release-namespace={ns}",
+            "--overwrite",
+        )
 
 
 def sa_kubeconfig(
@@ -374,3 +430,96 @@ def test_crd_reference_is_generated_from_the_crd() -> None:
         text=True,
     )
     assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.e2e
+def test_installed_chart_serves_cluster_credentials(
+    testenv: Environment,
+    helm: Helm,
+    crd: None,
+    kubectl: Callable[..., subprocess.CompletedProcess[str]],
+    core: kubernetes.client.CoreV1Api,
+    custom: kubernetes.client.CustomObjectsApi,
+    kc: KeycloakProxy,
+    realm: dict[str, Any],
+    run_operator: Callable[..., OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    """clusterCredentials.enabled: the chart's RBAC is enough for the whole lifecycle."""
+    suffix = secrets.token_hex(3)
+    release, system_ns = f"itop-{suffix}", f"itcare-system-{suffix}"
+    teams = [f"team-{suffix}-{i}" for i in range(2)]
+    for ns in teams:
+        core.create_namespace({"metadata": {"name": ns, "labels": {"itcare-test/org": suffix}}})
+    adopt_crd(kubectl, release, system_ns)
+    name = f"org-{suffix}"
+    try:
+        helm(
+            "install",
+            release,
+            str(CHART),
+            "--namespace",
+            system_ns,
+            "--create-namespace",
+            "--set",
+            f"operator.allowedTokenURLs[0]={kc.base_url}/auth/realms/cloud/",
+            "--set",
+            "clusterCredentials.enabled=true",
+        )
+        kubectl("wait", "--for=condition=Established", f"crd/{CLUSTER_PLURAL}.{GROUP}")
+        sa = f"{release}-itcare-token-operator"
+        config = sa_kubeconfig(testenv, core, system_ns, sa, tmp_path / "sa.kubeconfig")
+        deploy = kubernetes.client.AppsV1Api(core.api_client).read_namespaced_deployment(
+            sa, system_ns
+        )
+        chart_args = [
+            a
+            for a in deploy.spec.template.spec.containers[0].args[1:]
+            if not a.startswith(("--metrics-port", "--health-port", "--log-"))
+        ]
+        op = run_operator(*chart_args, kubeconfig=config, extra_env={"POD_NAMESPACE": system_ns})
+        # The API account lives in the release namespace (the default allowed one).
+        make_source_secret(core, system_ns, realm["clients"]["itcare-test"])
+        custom.create_cluster_custom_object(
+            GROUP,
+            VERSION,
+            CLUSTER_PLURAL,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ClusterITCareCredential",
+                "metadata": {"name": name},
+                "spec": {
+                    "clientSecretRef": {"name": "itcare-api-account", "namespace": system_ns},
+                    "tokenURL": kc.token_url,
+                    "targetSecret": {"name": "itcare-token"},
+                    "namespaceSelector": {"matchLabels": {"itcare-test/org": suffix}},
+                },
+            },
+        )
+        for ns in teams:
+            wait_for(f"token in {ns}", lambda n=ns: secret_data(core, n, "itcare-token"))  # type: ignore[misc]
+        core.patch_namespace(teams[1], {"metadata": {"labels": {"itcare-test/org": None}}})
+        wait_for("unselected copy deleted", lambda: not secret_data(core, teams[1], "itcare-token"))
+        custom.delete_cluster_custom_object(GROUP, VERSION, CLUSTER_PLURAL, name)
+        wait_for("copies deleted", lambda: not secret_data(core, teams[0], "itcare-token"))
+        wait_for(
+            "finalizer released",
+            lambda: (
+                not custom.list_cluster_custom_object(
+                    GROUP, VERSION, CLUSTER_PLURAL, field_selector=f"metadata.name={name}"
+                )["items"]
+            ),
+        )
+        messages = [
+            json.loads(line)["message"] for line in op.output().splitlines() if line.strip()
+        ]
+        denied = [m for m in messages if re.search(r"Forbidden|(?:^|[\s:(])403(?:[\s)]|$)", m)]
+        assert not denied, denied
+    finally:
+        with contextlib.suppress(kubernetes.client.exceptions.ApiException):
+            custom.patch_cluster_custom_object(
+                GROUP, VERSION, CLUSTER_PLURAL, name, {"metadata": {"finalizers": None}}
+            )
+        helm("uninstall", release, "--namespace", system_ns, check=False)
+        for ns in teams:
+            core.delete_namespace(ns)

@@ -164,9 +164,7 @@ def test_from_secret_with_unreachable_api_server_is_a_usage_error(tmp_path: Path
         "users: [{name: u, user: {token: x}}]\n"
         "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
     )
-    proc = cli(
-        "token", "--from-secret", "team-a/api-account", env={"KUBECONFIG": str(kubeconfig)}
-    )
+    proc = cli("token", "--from-secret", "team-a/api-account", env={"KUBECONFIG": str(kubeconfig)})
     assert proc.returncode == 2, proc.stderr
     assert "cannot reach the API server" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -762,6 +762,6 @@ class ClusterController:
         )
 
     async def _event(self, state: ClusterState, type_: str, reason: str, message: str) -> None:
-        await self.kube.create_event(
-            state.involved, type_, reason, message, namespace=self.settings.operator_namespace
-        )
+        # The API server accepts Events of cluster-scoped objects only in "default"
+        # (like Node events); kubectl describe finds them there.
+        await self.kube.create_event(state.involved, type_, reason, message, namespace="default")
