@@ -138,8 +138,17 @@ class TargetWatch:
 
 
 class Operator:
-    def __init__(self, env: Environment, namespace: str, token_url: str, log: Path) -> None:
+    def __init__(
+        self,
+        env: Environment,
+        namespace: str | None,
+        token_url: str,
+        log: Path,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        """The operator as a process: scoped to ``namespace``, or cluster-wide (None)."""
         self.env, self.namespace, self.token_url, self.log = env, namespace, token_url, log
+        self.extra_args = extra_args
         self.metrics_port, self.health_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.peak_rss_kib = 0
@@ -152,7 +161,8 @@ class Operator:
                 "-m",
                 "itcare_operator",
                 "run",
-                f"--namespace={self.namespace}",
+                *([f"--namespace={self.namespace}"] if self.namespace else []),
+                *self.extra_args,
                 "--standalone",
                 f"--allowed-token-url={prefix}",
                 "--max-concurrent-requests=32",

@@ -1,4 +1,4 @@
-"""Generate docs/crd-reference.md from the CRD's OpenAPI schema.
+"""Generate docs/crd-reference.md from the CRDs' OpenAPI schemas.
 
 python scripts/crd_docs.py          # rewrite
 python scripts/crd_docs.py --check  # exit 1 when out of date
@@ -13,7 +13,10 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CRD = ROOT / "crds" / "itcarecredentials.itcare.cegedim.cloud.yaml"
+CRDS = [
+    ROOT / "crds" / "itcarecredentials.itcare.cegedim.cloud.yaml",
+    ROOT / "crds" / "clusteritcarecredentials.itcare.cegedim.cloud.yaml",
+]
 OUT = ROOT / "docs" / "crd-reference.md"
 
 
@@ -43,7 +46,11 @@ def walk(node: dict[str, Any], path: str, required: set[str], rows: list[str]) -
 
 
 def render() -> str:
-    crd = yaml.safe_load(CRD.read_text())
+    return "\n".join(render_one(path, level="#" if i == 0 else "##") for i, path in enumerate(CRDS))
+
+
+def render_one(path: Path, level: str) -> str:
+    crd = yaml.safe_load(path.read_text())
     version = crd["spec"]["versions"][0]
     schema = version["schema"]["openAPIV3Schema"]
     names = crd["spec"]["names"]
@@ -57,12 +64,13 @@ def render() -> str:
     )
     rules = "; ".join(r["message"] for r in spec.get("x-kubernetes-validations", []))
     shorts, categories = ", ".join(names["shortNames"]), ", ".join(names["categories"])
-    return f"""# ITCareCredential reference
+    scope = "namespaced" if crd["spec"]["scope"] == "Namespaced" else "cluster-scoped"
+    return f"""{level} {names["kind"]} reference
 
-Generated from `crds/itcarecredentials.itcare.cegedim.cloud.yaml` by `scripts/crd_docs.py`.
+Generated from `crds/{path.name}` by `scripts/crd_docs.py`.
 
 `{crd["spec"]["group"]}/{version["name"]}`, kind `{names["kind"]}`, plural `{names["plural"]}`,
-short name `{shorts}`, category `{categories}`, namespaced,
+short name `{shorts}`, category `{categories}`, {scope},
 status subresource. Spec-level rules: {rules}.
 
 {" ".join(schema["description"].split())}
@@ -71,7 +79,7 @@ status subresource. Spec-level rules: {rules}.
 | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
-## Printer columns
+{level}# Printer columns
 
 | Column | JSONPath | Priority (1: `-o wide`) |
 | --- | --- | --- |

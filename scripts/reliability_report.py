@@ -1,6 +1,6 @@
 """Render docs/RELIABILITY.md from the last run of the reliability suite.
 
-    make reliability   # runs tests/test_reliability.py, then this script
+make reliability   # runs tests/test_reliability.py, then this script
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ __all__ = ["FINALIZER", "ClusterController"]
 log = logging.getLogger(__name__)
 
 FINALIZER = "itcare.cegedim.cloud/cleanup"
-NAMESPACE_RETRY = 30.0  # seconds before a failed namespace is tried again
+NAMESPACE_RETRY = 15.0  # seconds before a failed namespace is tried again
 WRITE_CONCURRENCY = 16  # copies written at once by one credential
 
 CopyKey = tuple[str, str]  # (namespace, Secret name)
