@@ -6,7 +6,8 @@
 One ClusterITCareCredential selects N labelled namespaces; the token endpoint is the
 Keycloak-compatible server (its own process, one client). Measured in one run:
 
-- sync_s: credential created -> the token in all N namespaces;
+- sync_s: credential created -> the token in all N namespaces; floor_s: the same
+  number of Secrets created by a bare script with 16 threads (as in bench/run.py);
 - refresh_sync_s: a refresh's token request -> the new token in all N namespaces;
 - token_requests_per_cycle: token requests per refresh cycle (ideal 1, whatever N);
 - api_writes_per_cycle: Secret writes + status patches the operator made in one
@@ -38,7 +39,7 @@ import kubernetes
 from tests import environment
 from tests.environment import Environment, free_port
 
-from bench.run import ROOT, THREADS, Operator, released, stats
+from bench.run import ROOT, THREADS, Operator, floor, released, stats
 
 OUT = ROOT / "docs" / "bench"
 GROUP, VERSION, PLURAL = "itcare.cegedim.cloud", "v1alpha1", "clusteritcarecredentials"
@@ -122,6 +123,7 @@ def run(env: Environment, api: kubernetes.client.ApiClient, n: int, work: Path) 
 
     with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(namespace, names))
+    floor_s = floor(core, n)  # the same number of Secret creations, by a bare script
     late = f"cbench-{tag}-late"
     core.create_namespace({"metadata": {"name": late}})
     op = Operator(
@@ -179,7 +181,8 @@ def run(env: Environment, api: kubernetes.client.ApiClient, n: int, work: Path) 
     refresh_sync_s = time.monotonic() - refreshed_at
     time.sleep(2)  # let the status patch land
     metrics = op.metrics()
-    cycle_writes = _writes(metrics) - writes_before
+    after = _writes(metrics)
+    cycle_writes = {k: after[k] - writes_before[k] for k in after}
     cycle_all = _all_requests(metrics) - all_before
     cycle_cpu = op.cpu_seconds() - cpu_before
     cycle_requests = token_requests(keycloak_url) - requests_before
@@ -209,6 +212,8 @@ def run(env: Environment, api: kubernetes.client.ApiClient, n: int, work: Path) 
     return {
         "namespaces": n,
         "sync_s": round(sync_s, 2),
+        "floor_s": round(floor_s, 2),
+        "sync_ratio_to_floor": round(sync_s / floor_s, 2),
         "refresh_sync_s": round(refresh_sync_s, 2),
         "token_requests_per_cycle": cycle_requests,
         "secret_writes_per_cycle": round(cycle_writes["secrets"]),
