@@ -26,7 +26,7 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from itcare_operator.controller import (
@@ -583,6 +583,7 @@ class ClusterController:
     async def _remove_unselected(self, state: ClusterState, spec: ClusterCredentialSpec) -> None:
         """Delete our copies outside the selection (or under a former target name)."""
         target_name = spec.credential.target_name
+        doomed: list[tuple[str, str, Mapping[str, Any]]] = []
         for (namespace, name), secret in list(self.copies.get(state.name, {}).items()):
             if namespace in state.selected and name == target_name:
                 continue
@@ -591,7 +592,22 @@ class ClusterController:
             known = self.namespaces.get(namespace)
             if known is None or known[1]:
                 continue  # the namespace is gone or going: its Secrets go with it
-            await self._delete_copy(state, namespace, name, secret)
+            doomed.append((namespace, name, secret))
+        await self._delete_copies(state, doomed)
+
+    async def _delete_copies(
+        self, state: ClusterState, doomed: Sequence[tuple[str, str, Mapping[str, Any]]]
+    ) -> None:
+        slots = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+        async def delete(namespace: str, name: str, secret: Mapping[str, Any]) -> None:
+            async with slots:
+                await self._delete_copy(state, namespace, name, secret)
+
+        results = await asyncio.gather(*(delete(*d) for d in doomed), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # a KubeError: the reconcile is retried
 
     async def _delete_copy(
         self, state: ClusterState, namespace: str, name: str, secret: Mapping[str, Any]
@@ -606,12 +622,14 @@ class ClusterController:
     async def _finalize(self, state: ClusterState) -> None:
         """The credential is being deleted: delete every copy, then let it go."""
         listed = await self.kube.list_secrets(f"{CLUSTER_CREDENTIAL_LABEL}={state.name}")
-        for secret in listed:
-            meta = secret.get("metadata") or {}
-            if is_owned(secret, state.uid):
-                await self._delete_copy(
-                    state, meta.get("namespace", ""), meta.get("name", ""), secret
-                )
+        await self._delete_copies(
+            state,
+            [
+                (s["metadata"].get("namespace", ""), s["metadata"].get("name", ""), s)
+                for s in listed
+                if is_owned(s, state.uid)
+            ],
+        )
         meta = state.body.get("metadata") or {}
         finalizers = list(meta.get("finalizers") or [])
         if FINALIZER in finalizers:
