@@ -134,6 +134,31 @@ def run(env: Environment, api: kubernetes.client.ApiClient, n: int, work: Path) 
         ("--cluster-credentials", f"--allowed-source-namespace={platform_ns}"),
     )
     op.start()
+    try:
+        result = measure(core, custom, op, keycloak_url, token_url, platform_ns, late, n, tag)
+        return {
+            **result,
+            "floor_s": round(floor_s, 2),
+            "sync_ratio_to_floor": round(result["sync_s"] / floor_s, 2),
+        }
+    finally:
+        op.stop()
+        kc.terminate()
+        for name in [*names, late, platform_ns]:
+            released(core.delete_namespace(name, _preload_content=False))
+
+
+def measure(
+    core: kubernetes.client.CoreV1Api,
+    custom: kubernetes.client.CustomObjectsApi,
+    op: Operator,
+    keycloak_url: str,
+    token_url: str,
+    platform_ns: str,
+    late: str,
+    n: int,
+    tag: str,
+) -> dict[str, Any]:
     cred = f"cbench-{tag}"
     created = time.monotonic()
     custom.create_cluster_custom_object(
@@ -205,15 +230,10 @@ def run(env: Environment, api: kubernetes.client.ApiClient, n: int, work: Path) 
         600,
     )
     delete_s = time.monotonic() - deleted
-    op.stop()
-    kc.terminate()
-    for name in [*names, late, platform_ns]:
-        released(core.delete_namespace(name, _preload_content=False))
+    op.sample()
     return {
         "namespaces": n,
         "sync_s": round(sync_s, 2),
-        "floor_s": round(floor_s, 2),
-        "sync_ratio_to_floor": round(sync_s / floor_s, 2),
         "refresh_sync_s": round(refresh_sync_s, 2),
         "token_requests_per_cycle": cycle_requests,
         "secret_writes_per_cycle": round(cycle_writes["secrets"]),

@@ -192,6 +192,12 @@ class ClusterController:
                 when = self._clock().timestamp() + max(0.0, wait)
                 self.scheduler.schedule(name, when, earlier_only=True)
 
+    def credentials_listed(self, items: list[dict[str, Any]]) -> None:
+        """After a (re)list: forget credentials deleted while the watch was down."""
+        present = {(i.get("metadata") or {}).get("name", "") for i in items}
+        for name in [n for n in self.credentials if n not in present]:
+            self._forget(name)
+
     def _set_body(self, state: ClusterState, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         generation = int(meta.get("generation") or 0)

@@ -236,6 +236,20 @@ class Controller:
                 else:
                     self.scheduler.now(key)
 
+    def credentials_listed(self, namespace: str | None, items: list[dict[str, Any]]) -> None:
+        """After a (re)list of ``namespace`` (None: all): forget credentials deleted
+        while the watch was down (a relist reports no DELETED events)."""
+        present = {
+            (
+                (i.get("metadata") or {}).get("namespace", ""),
+                (i.get("metadata") or {}).get("name", ""),
+            )
+            for i in items
+        }
+        for key in [k for k in self.credentials if namespace in (None, k[0])]:
+            if key not in present:
+                self._forget(key)
+
     def source_secret_event(self, type_: str | None, secret: Mapping[str, Any]) -> None:
         meta = secret.get("metadata") or {}
         where = (meta.get("namespace", ""), meta.get("name", ""))

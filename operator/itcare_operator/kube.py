@@ -41,6 +41,7 @@ __all__ = [
     "SecretWatch",
     "Watch",
     "cluster_credential_watch",
+    "credential_watch",
     "load_config",
     "namespace_watch",
     "read_credentials_sync",
@@ -338,8 +339,10 @@ class Watch:
         list_fn: Callable[..., Any],
         what: str = "Secret",
         timeout_seconds: int = 60,
+        on_listed: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self._client = client
+        self._on_listed = on_listed  # after every (re)list: objects deleted meanwhile
         self._what = f"{what} watch ({label_selector or 'all'})"
         self._selector = label_selector
         self._list_call = list_fn
@@ -358,12 +361,25 @@ class Watch:
     def stop(self) -> None:
         self._stopping.set()
 
-    def _deliver(self, type_: str | None, obj: dict[str, Any]) -> None:
+    def _deliver(
+        self, events: list[tuple[str | None, dict[str, Any]]], *, listed: bool = False
+    ) -> None:
+        """Hand a batch of events to the event loop in one wake-up (one per chunk read,
+        not one per object: waking the loop per object cost 5 % of its time at N=1000)."""
         assert self._loop is not None
         if self._loop.is_closed():  # shutting down
             self._stopping.set()
             return
-        self._loop.call_soon_threadsafe(self._on_event, type_, obj)
+        if events or listed:
+            self._loop.call_soon_threadsafe(self._dispatch, events, listed)
+
+    def _dispatch(self, events: list[tuple[str | None, dict[str, Any]]], listed: bool) -> None:
+        for type_, obj in events:
+            self._on_event(type_, obj)
+        if listed:
+            if self._on_listed is not None:
+                self._on_listed([obj for _, obj in events])
+            self.synced.set()
 
     def _list_fn(self) -> Callable[..., Any]:
         return self._list_call
@@ -393,10 +409,7 @@ class Watch:
             label_selector=self._selector, _preload_content=False, _request_timeout=30
         )
         doc = _json(resp)
-        for item in doc.get("items") or []:
-            self._deliver(None, item)
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.synced.set)
+        self._deliver([(None, item) for item in doc.get("items") or []], listed=True)
         return str(doc["metadata"]["resourceVersion"])
 
     def _watch(self, version: str) -> str:
@@ -410,16 +423,21 @@ class Watch:
             _request_timeout=self._timeout + 10,
         )
         try:
-            for event in _lines(resp):
-                type_ = event.get("type")
-                obj = event.get("object") or {}
-                if type_ == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Gone
-                    raise KubeError(f"watch error {obj.get('code')} {obj.get('reason')}")
-                version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                if type_ != "BOOKMARK":
-                    self._deliver(type_, obj)
+            for batch in _batches(resp):
+                events: list[tuple[str | None, dict[str, Any]]] = []
+                try:
+                    for event in batch:
+                        type_ = event.get("type")
+                        obj = event.get("object") or {}
+                        if type_ == "ERROR":
+                            if obj.get("code") == 410:
+                                raise _Gone
+                            raise KubeError(f"watch error {obj.get('code')} {obj.get('reason')}")
+                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                        if type_ != "BOOKMARK":
+                            events.append((type_, obj))
+                finally:
+                    self._deliver(events)
                 if self._stopping.is_set():
                     break
         finally:
@@ -456,13 +474,42 @@ def namespace_watch(
     return Watch(client, "", on_event, list_fn=client.core.list_namespace, what="Namespace")
 
 
+def credential_watch(
+    client: KubeClient,
+    on_event: Callable[[str | None, dict[str, Any]], None],
+    on_listed: Callable[[list[dict[str, Any]]], None],
+    *,
+    namespace: str | None = None,
+) -> Watch:
+    """ITCareCredentials in one namespace or all (our own watch, not kopf's: kopf's
+    per-event processing was a third of the event loop's time at N=1000)."""
+    custom = client.custom
+    list_fn = (
+        functools.partial(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+        if namespace
+        else functools.partial(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+    )
+    return Watch(
+        client, "", on_event, list_fn=list_fn, what="ITCareCredential", on_listed=on_listed
+    )
+
+
 def cluster_credential_watch(
-    client: KubeClient, on_event: Callable[[str | None, dict[str, Any]], None]
+    client: KubeClient,
+    on_event: Callable[[str | None, dict[str, Any]], None],
+    on_listed: Callable[[list[dict[str, Any]]], None],
 ) -> Watch:
     list_fn = functools.partial(
         client.custom.list_cluster_custom_object, GROUP, VERSION, CLUSTER_PLURAL
     )
-    return Watch(client, "", on_event, list_fn=list_fn, what="ClusterITCareCredential")
+    return Watch(
+        client,
+        "",
+        on_event,
+        list_fn=list_fn,
+        what="ClusterITCareCredential",
+        on_listed=on_listed,
+    )
 
 
 class _Gone(Exception):
@@ -476,16 +523,15 @@ def _safe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:160]}"
 
 
-def _lines(resp: Any) -> Iterator[dict[str, Any]]:
+def _batches(resp: Any) -> Iterator[list[dict[str, Any]]]:
+    """The watch stream's events, as the lists that each read completed."""
     buffer = b""
     for chunk in resp.stream(amt=65536, decode_content=False):
         buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if line.strip():
-                yield json.loads(line)
+        *lines, buffer = buffer.split(b"\n")
+        yield [json.loads(line) for line in lines if line.strip()]
     if buffer.strip():
-        yield json.loads(buffer)
+        yield [json.loads(buffer)]
 
 
 def read_credentials_sync(

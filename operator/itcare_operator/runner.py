@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -23,6 +24,7 @@ from itcare_operator.kube import (
     SecretWatch,
     Watch,
     cluster_credential_watch,
+    credential_watch,
     namespace_watch,
 )
 from itcare_operator.leader import LeaseElector, LostLeadership
@@ -97,9 +99,21 @@ class Runtime:
             self.watches.append(
                 SecretWatch(self.kube, target_selector, self._target_event, namespace=namespace)
             )
+            self.watches.append(
+                credential_watch(
+                    self.kube,
+                    self.controller.credential_event,
+                    functools.partial(self.controller.credentials_listed, namespace),
+                    namespace=namespace,
+                )
+            )
         if self.cluster is not None:
             self.watches.append(namespace_watch(self.kube, self.cluster.namespace_event))
-            self.watches.append(cluster_credential_watch(self.kube, self.cluster.credential_event))
+            self.watches.append(
+                cluster_credential_watch(
+                    self.kube, self.cluster.credential_event, self.cluster.credentials_listed
+                )
+            )
         for watch in self.watches:
             watch.start()
         # Reconcile only once the Secrets are listed: stored tokens are then known
