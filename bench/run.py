@@ -169,7 +169,7 @@ class Operator:
                 "--requests-per-second=1000",
                 f"--metrics-port={self.metrics_port}",
                 f"--health-port={self.health_port}",
-                "--log-level=WARNING",
+                f"--log-level={os.environ.get('ITCARE_BENCH_LOG_LEVEL', 'WARNING')}",
             ],
             env={**os.environ, "KUBECONFIG": str(self.env.kubeconfig)},
             stdout=open(self.log, "ab"),  # noqa: SIM115 - the child owns it
