@@ -10,7 +10,13 @@ from itcare_operator.controller import resumed_refresh_at
 from itcare_operator.refresh_policy import RefreshPolicy, next_refresh_at
 from itcare_operator.selector import InvalidSelector, parse_selector
 from itcare_operator.spec import InvalidSpec, parse_cluster_spec
-from itcare_operator.status import Condition, Fanout, Observation, render_cluster_status
+from itcare_operator.status import (
+    Condition,
+    Fanout,
+    Observation,
+    render_cluster_status,
+    status_changed,
+)
 from itcare_operator.target_secret import (
     CLUSTER_KIND,
     Owner,
@@ -204,3 +210,12 @@ def test_cluster_status_reports_failed_namespaces_and_counts() -> None:
     assert ok["summaryReason"] == "TokenValid" and ok["failedNamespaces"] == []
     synced = next(c for c in ok["conditions"] if c["type"] == "Synced")
     assert synced["status"] == "True" and synced["lastTransitionTime"] == format_time(NOW)
+
+
+def test_a_status_read_back_without_nulls_is_unchanged() -> None:
+    rendered = {"tokenExpiresAt": "2026-11-28T10:20:00Z", "lastFailureTime": None}
+    stored = {"tokenExpiresAt": "2026-11-28T10:20:00Z"}  # a merge patch stores no null
+    assert not status_changed(rendered, stored)
+    assert status_changed({**rendered, "tokenExpiresAt": "2026-11-28T10:40:00Z"}, stored)
+    assert status_changed(rendered, {**stored, "lastFailureTime": "2026-11-28T10:00:00Z"})
+    assert status_changed(rendered, None)

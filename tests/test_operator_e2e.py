@@ -440,6 +440,13 @@ def test_restart_reuses_the_stored_token(sc: Scenario) -> None:
     time.sleep(3)
     assert sc.requests() == 1, "a restart minted a token although the stored one was valid"
     assert sc.token() == first
+    # Nor rewrote the status: nothing in it changed.
+    assert (
+        restarted.metric(
+            "itcare_kube_requests_total", verb="patch", resource="itcarecredentials/status"
+        )
+        is None
+    ), "a restart patched an unchanged status"
     # the schedule resumes: a refresh still happens before expiry
     sc.wait_token(other_than=first["access_token"], timeout=20)
     assert sc.requests() == 2

@@ -51,6 +51,7 @@ from itcare_operator.status import (
     Observation,
     ready_condition,
     render_cluster_status,
+    status_changed,
 )
 from itcare_operator.target_secret import (
     CLUSTER_CREDENTIAL_LABEL,
@@ -748,7 +749,7 @@ class ClusterController:
         state.ready_reason = ready.reason
         fanout = Fanout(len(state.selected), state.synced, state.failed)
         status = render_cluster_status(obs, fanout, state.status_sent, now)
-        if status != state.status_sent:
+        if status_changed(status, state.status_sent):
             try:
                 await self.kube.patch_cluster_status(state.name, status)
                 state.status_sent = status

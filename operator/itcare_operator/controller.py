@@ -33,7 +33,13 @@ from itcare_operator.scheduler import Scheduler
 from itcare_operator.settings import Settings
 from itcare_operator.source_secret import SOURCE_LABEL, credentials_from_secret
 from itcare_operator.spec import CredentialSpec, InvalidSpec, parse_spec
-from itcare_operator.status import Condition, Observation, ready_condition, render_status
+from itcare_operator.status import (
+    Condition,
+    Observation,
+    ready_condition,
+    render_status,
+    status_changed,
+)
 from itcare_operator.target_secret import (
     CREDENTIAL_LABEL,
     Owner,
@@ -681,7 +687,7 @@ class Controller:
             )
         state.ready_reason = ready.reason
         status = render_status(obs, state.status_sent, now)
-        if status != state.status_sent:
+        if status_changed(status, state.status_sent):
             try:
                 await self.kube.patch_status(state.namespace, state.name, status)
                 state.status_sent = status

@@ -22,6 +22,7 @@ __all__ = [
     "ready_condition",
     "render_cluster_status",
     "render_status",
+    "status_changed",
 ]
 
 MAX_FAILED_NAMESPACES = 50  # entries in status.failedNamespaces (the count is complete)
@@ -48,6 +49,20 @@ class Observation:
     next_refresh: dt.datetime | None
     last_failure: dt.datetime | None
     consecutive_failures: int
+
+
+def status_changed(new: Mapping[str, Any], stored: Mapping[str, Any] | None) -> bool:
+    """Does ``new`` differ from the status on the server?
+
+    A merge patch stores no ``null``: a field we render as ``None`` is absent from the
+    stored status. Compared without them, an unchanged status after a restart is not
+    patched again (it was, once per credential, before this).
+    """
+    if stored is None:
+        return True
+    return {k: v for k, v in new.items() if v is not None} != {
+        k: v for k, v in stored.items() if v is not None
+    }
 
 
 def ready_condition(obs: Observation, now: dt.datetime) -> Condition:
