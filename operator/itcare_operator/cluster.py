@@ -202,7 +202,7 @@ class ClusterController:
     def _set_body(self, state: ClusterState, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         generation = int(meta.get("generation") or 0)
-        state.body = body
+        state.body = slim(body)
         if state.spec is None or generation != state.generation:
             state.generation = generation
             try:
@@ -331,11 +331,12 @@ class ClusterController:
         finalizers = list((state.body.get("metadata") or {}).get("finalizers") or [])
         if FINALIZER not in finalizers:
             try:
-                state.body = await self.kube.set_cluster_finalizers(
+                patched = await self.kube.set_cluster_finalizers(
                     state.name,
                     [*finalizers, FINALIZER],
                     (state.body.get("metadata") or {}).get("resourceVersion"),
                 )
+                state.body = slim(patched)
             except Conflict:  # changed meanwhile: the watch brings the new version
                 self.scheduler.schedule(state.name, time.time() + 1)
                 return

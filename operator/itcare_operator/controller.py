@@ -138,7 +138,7 @@ def source_fingerprint(secret: Mapping[str, Any] | None) -> str:
 
 
 def slim(secret: Mapping[str, Any]) -> dict[str, Any]:
-    """A Secret without ``managedFields`` (large, and never needed here)."""
+    """An object (Secret, credential) without ``managedFields`` (large, never needed)."""
     meta = {k: v for k, v in (secret.get("metadata") or {}).items() if k != "managedFields"}
     return {**secret, "metadata": meta}
 
@@ -212,7 +212,7 @@ class Controller:
             state = self.credentials[key] = CredentialState(*key, uid=meta.get("uid", ""))
             self._counts[state.state] += 1
             state.refresh_request = (meta.get("annotations") or {}).get(REFRESH_ANNOTATION)
-            state.body = body
+            state.body = slim(body)  # no managedFields: memory at 10,000 credentials
             state.generation = int(meta.get("generation") or 0)
             state.status_sent = dict(body.get("status") or {}) or None
             self._index(state)
@@ -221,7 +221,7 @@ class Controller:
                 self._load_stored(state, listed)
             self.scheduler.now(key)
             return
-        state.body = body
+        state.body = slim(body)
         generation = int(meta.get("generation") or 0)
         request = (meta.get("annotations") or {}).get(REFRESH_ANNOTATION)
         if generation != state.generation:
