@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -40,7 +41,10 @@ class HttpServers:
         return web.Response(text="ok\n")
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self._registry)
+        # In a thread: rendering 10,000 credentials' series takes a few hundred ms,
+        # which on the event loop would delay every refresh by as much per scrape.
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(None, generate_latest, self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def start(self, health_port: int, metrics_port: int, host: str = "0.0.0.0") -> None:  # noqa: S104
