@@ -35,6 +35,7 @@ from itcare_operator.controller import (
     TokenURLNotAllowed,
     resumed_refresh_at,
     slim,
+    slim_credential,
     source_fingerprint,
 )
 from itcare_operator.errors import CredentialError, FailureKind, Reason, TokenEndpointError
@@ -82,7 +83,7 @@ class SourceNamespaceNotAllowed(CredentialError):
     reason = Reason.SOURCE_NAMESPACE_NOT_ALLOWED
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class ClusterState:
     """What the operator knows about one ClusterITCareCredential between reconciles."""
 
@@ -202,7 +203,7 @@ class ClusterController:
     def _set_body(self, state: ClusterState, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         generation = int(meta.get("generation") or 0)
-        state.body = slim(body)
+        state.body = slim_credential(body)
         if state.spec is None or generation != state.generation:
             state.generation = generation
             try:
@@ -336,7 +337,7 @@ class ClusterController:
                     [*finalizers, FINALIZER],
                     (state.body.get("metadata") or {}).get("resourceVersion"),
                 )
-                state.body = slim(patched)
+                state.body = slim_credential(patched)
             except Conflict:  # changed meanwhile: the watch brings the new version
                 self.scheduler.schedule(state.name, time.time() + 1)
                 return

@@ -58,6 +58,7 @@ __all__ = [
     "Key",
     "resumed_refresh_at",
     "slim",
+    "slim_credential",
     "source_fingerprint",
 ]
 
@@ -78,7 +79,7 @@ class TokenURLNotAllowed(CredentialError):
     reason = Reason.TOKEN_URL_NOT_ALLOWED
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)  # 10,000 of them: no per-instance __dict__
 class CredentialState:
     """What the operator knows about one credential between reconciles."""
 
@@ -141,6 +142,12 @@ def slim(secret: Mapping[str, Any]) -> dict[str, Any]:
     """An object (Secret, credential) without ``managedFields`` (large, never needed)."""
     meta = {k: v for k, v in (secret.get("metadata") or {}).items() if k != "managedFields"}
     return {**secret, "metadata": meta}
+
+
+def slim_credential(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A credential as kept in memory: without ``managedFields`` and ``status`` (the
+    status we last wrote is kept apart, as ``status_sent``)."""
+    return {k: v for k, v in slim(body).items() if k != "status"}
 
 
 def resumed_refresh_at(
@@ -212,7 +219,7 @@ class Controller:
             state = self.credentials[key] = CredentialState(*key, uid=meta.get("uid", ""))
             self._counts[state.state] += 1
             state.refresh_request = (meta.get("annotations") or {}).get(REFRESH_ANNOTATION)
-            state.body = slim(body)  # no managedFields: memory at 10,000 credentials
+            state.body = slim_credential(body)  # no managedFields: memory at 10,000 credentials
             state.generation = int(meta.get("generation") or 0)
             state.status_sent = dict(body.get("status") or {}) or None
             self._index(state)
@@ -221,7 +228,7 @@ class Controller:
                 self._load_stored(state, listed)
             self.scheduler.now(key)
             return
-        state.body = slim(body)
+        state.body = slim_credential(body)
         generation = int(meta.get("generation") or 0)
         request = (meta.get("annotations") or {}).get(REFRESH_ANNOTATION)
         if generation != state.generation:
