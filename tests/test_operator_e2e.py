@@ -434,6 +434,12 @@ def test_restart_reuses_the_stored_token(sc: Scenario) -> None:
     sc.credential()
     op = sc.run()
     first = sc.wait_token()
+    # The status lands right after the Secret: wait for it, so that the restart finds
+    # a status that is already right (else patching it would be correct, not a bug).
+    wait_for(
+        "the status of the first token",
+        lambda: (sc.cr().get("status") or {}).get("tokenExpiresAt") == first["expires_at"],
+    )
     assert op.stop() == 0
     restarted = sc.run()
     restarted.wait_ready()
