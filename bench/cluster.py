@@ -37,18 +37,9 @@ from typing import Any
 
 import kubernetes
 from tests import environment
-from tests.environment import Environment
+from tests.environment import Environment, free_port
 
-from bench.run import (
-    ROOT,
-    THREADS,
-    Operator,
-    floor,
-    kube_requests,
-    released,
-    start_token_server,
-    stats,
-)
+from bench.run import ROOT, THREADS, Operator, floor, released, stats
 
 OUT = ROOT / "docs" / "bench"
 GROUP, VERSION, PLURAL = "itcare.cegedim.cloud", "v1alpha1", "clusteritcarecredentials"
@@ -87,7 +78,27 @@ def run(env: Environment, api: kubernetes.client.ApiClient, n: int, work: Path) 
     core = kubernetes.client.CoreV1Api(api)
     custom = kubernetes.client.CustomObjectsApi(api)
     tag = secrets.token_hex(2)
-    kc, token_url, keycloak_url = start_token_server(1, LIFETIME)
+    kc_port = free_port()
+    kc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.keycloak_fake",
+            "--port",
+            str(kc_port),
+            "--generated-clients",
+            "1",
+            "--access-lifespan",
+            str(LIFETIME),
+            "--no-refresh-tokens",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    token_url = kc.stdout.readline().strip() if kc.stdout else ""
+    keycloak_url = f"http://127.0.0.1:{kc_port}"
     platform_ns = f"cbench-{tag}-platform"
     core.create_namespace({"metadata": {"name": platform_ns}})
     core.create_namespaced_secret(
@@ -173,7 +184,7 @@ def measure(
     requests_before = token_requests(keycloak_url)
     metrics = op.metrics()
     writes_before = _writes(metrics)
-    all_before = kube_requests(metrics)
+    all_before = _all_requests(metrics)
     cpu_before = op.cpu_seconds()
     # One refresh cycle: the next token, then all copies holding it.
     print(f"[{n} namespaces] synced in {sync_s:.1f}s; waiting for a refresh...", flush=True)
@@ -197,7 +208,7 @@ def measure(
     metrics = op.metrics()
     after = _writes(metrics)
     cycle_writes = {k: after[k] - writes_before[k] for k in after}
-    cycle_all = kube_requests(metrics) - all_before
+    cycle_all = _all_requests(metrics) - all_before
     cycle_cpu = op.cpu_seconds() - cpu_before
     cycle_requests = token_requests(keycloak_url) - requests_before
     # A namespace labelled later.
@@ -246,6 +257,10 @@ def _writes(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> dict[str,
         elif labels["resource"] == f"{PLURAL}/status":
             out["status"] += value
     return out
+
+
+def _all_requests(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> float:
+    return sum(v for _, v in metrics.get("itcare_kube_requests_total", []))
 
 
 def write(results: list[dict[str, Any]]) -> None:

@@ -230,32 +230,6 @@ def kube_requests(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> flo
     return sum(v for _, v in metrics.get("itcare_kube_requests_total", []))
 
 
-def start_token_server(clients: int, lifetime: int) -> tuple[subprocess.Popen[str], str, str]:
-    """The Keycloak-compatible server in its own process, with ``clients`` generated
-    API accounts (bench-<i> / bench-secret-<i>): (process, token URL, base URL)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.keycloak_fake",
-            "--port",
-            str(port),
-            "--generated-clients",
-            str(clients),
-            "--access-lifespan",
-            str(lifetime),
-            "--no-refresh-tokens",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    token_url = proc.stdout.readline().strip() if proc.stdout else ""
-    return proc, token_url, f"http://127.0.0.1:{port}"
-
-
 def stats(keycloak_url: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{keycloak_url}/_stats", timeout=30) as r:
         return json.loads(r.read())  # type: ignore[no-any-return]
@@ -299,7 +273,27 @@ def run_one(
     core = kubernetes.client.CoreV1Api(api)
     custom = kubernetes.client.CustomObjectsApi(api)
     lifetime = lifetime_for(n)
-    kc, token_url, keycloak_url = start_token_server(n, lifetime)
+    kc_port = free_port()
+    kc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.keycloak_fake",
+            "--port",
+            str(kc_port),
+            "--generated-clients",
+            str(n),
+            "--access-lifespan",
+            str(lifetime),
+            "--no-refresh-tokens",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    token_url = kc.stdout.readline().strip() if kc.stdout else ""
+    keycloak_url = f"http://127.0.0.1:{kc_port}"
     namespace = f"bench-{n}-{secrets.token_hex(2)}"
     core.create_namespace({"metadata": {"name": namespace}})
     print(f"[N={n}] floor...", flush=True)

@@ -33,7 +33,6 @@ from itcare_operator.controller import (
     FORCED_REFRESH_INTERVAL,
     REFRESH_ANNOTATION,
     TokenURLNotAllowed,
-    record_failure,
     resumed_refresh_at,
     slim,
     slim_credential,
@@ -42,7 +41,7 @@ from itcare_operator.controller import (
 from itcare_operator.errors import CredentialError, FailureKind, Reason, TokenEndpointError
 from itcare_operator.kube import GROUP, VERSION, Conflict, KubeClient, KubeError, NotFound
 from itcare_operator.metrics import CLUSTER, Metrics
-from itcare_operator.refresh_policy import RefreshPolicy, next_refresh_at
+from itcare_operator.refresh_policy import RefreshPolicy, backoff_delay, next_refresh_at
 from itcare_operator.scheduler import Scheduler
 from itcare_operator.settings import Settings
 from itcare_operator.source_secret import credentials_from_secret
@@ -671,20 +670,30 @@ class ClusterController:
         kind: FailureKind | None = None,
         retry_after: float | None = None,
     ) -> None:
-        policy = spec.credential.policy if spec else RefreshPolicy()
-        wake, message = record_failure(
-            state,
-            exc,
-            now,
-            policy,
-            self._rand(),
-            retry=retry,
-            kind=kind,
-            retry_after=retry_after,
-        )
+        state.failures += 1
+        state.last_failure = now
         reason = str(exc.reason)
         token = state.token
         valid = token is not None and token.is_valid(now)
+        wake: dt.datetime | None = None
+        policy = spec.credential.policy if spec else RefreshPolicy()
+        if retry:
+            delay = backoff_delay(
+                state.failures,
+                kind or exc.kind,
+                now,
+                token.expires_at if valid and token else None,
+                policy,
+                self._rand(),
+                retry_after,
+            )
+            wake = state.retry_at = now + delay
+            message = f"{exc}; next attempt at {format_time(wake)}"
+        else:
+            message = f"{exc}; fix the resource to retry"
+            if valid and token is not None:
+                wake = token.expires_at
+        state.refreshed = Condition("Refreshed", False, reason, message)
         grant = str(spec.credential.grant) if spec else ""
         self.metrics.failed("", state.name, grant, reason, CLUSTER)
         log.warning(

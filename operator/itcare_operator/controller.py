@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from itcare_operator.errors import (
     CredentialError,
@@ -56,7 +56,6 @@ __all__ = [
     "REFRESH_ANNOTATION",
     "Controller",
     "Key",
-    "record_failure",
     "resumed_refresh_at",
     "slim",
     "slim_credential",
@@ -149,55 +148,6 @@ def slim_credential(body: Mapping[str, Any]) -> dict[str, Any]:
     """A credential as kept in memory: without ``managedFields`` and ``status`` (the
     status we last wrote is kept apart, as ``status_sent``)."""
     return {k: v for k, v in slim(body).items() if k != "status"}
-
-
-class FailureState(Protocol):
-    """What :func:`record_failure` updates (both credential kinds' state has it)."""
-
-    token: Token | None
-    failures: int
-    last_failure: dt.datetime | None
-    retry_at: dt.datetime | None
-    refreshed: Condition | None
-
-
-def record_failure(
-    state: FailureState,
-    exc: CredentialError,
-    now: dt.datetime,
-    policy: RefreshPolicy,
-    rand: float,
-    *,
-    retry: bool,
-    kind: FailureKind | None,
-    retry_after: float | None,
-) -> tuple[dt.datetime | None, str]:
-    """Count a failed attempt, set the Refreshed condition, and say when to wake up
-    (the retry time, or with ``retry=False`` the expiry of a still-valid token) and
-    with what message."""
-    state.failures += 1
-    state.last_failure = now
-    token = state.token
-    valid = token is not None and token.is_valid(now)
-    wake: dt.datetime | None = None
-    if retry:
-        delay = backoff_delay(
-            state.failures,
-            kind or exc.kind,
-            now,
-            token.expires_at if valid and token else None,
-            policy,
-            rand,
-            retry_after,
-        )
-        wake = state.retry_at = now + delay
-        message = f"{exc}; next attempt at {format_time(wake)}"
-    else:
-        message = f"{exc}; fix the resource to retry"
-        if valid and token is not None:
-            wake = token.expires_at  # to report the expiry when it happens
-    state.refreshed = Condition("Refreshed", False, str(exc.reason), message)
-    return wake, message
 
 
 def resumed_refresh_at(
@@ -666,19 +616,29 @@ class Controller:
         target: dict[str, Any] | None = None,
         owner: Owner | None = None,
     ) -> None:
-        wake, message = record_failure(
-            state,
-            exc,
-            now,
-            policy or (spec.policy if spec else RefreshPolicy()),
-            self._rand(),
-            retry=retry,
-            kind=kind,
-            retry_after=retry_after,
-        )
+        state.failures += 1
+        state.last_failure = now
         reason = str(exc.reason)
         token = state.token
         valid = token is not None and token.is_valid(now)
+        wake: dt.datetime | None = None
+        if retry:
+            delay = backoff_delay(
+                state.failures,
+                kind or exc.kind,
+                now,
+                token.expires_at if valid and token else None,
+                policy or (spec.policy if spec else RefreshPolicy()),
+                self._rand(),
+                retry_after,
+            )
+            wake = state.retry_at = now + delay
+            message = f"{exc}; next attempt at {format_time(wake)}"
+        else:
+            message = f"{exc}; fix the resource to retry"
+            if valid and token is not None:
+                wake = token.expires_at  # to report the expiry when it happens
+        state.refreshed = Condition("Refreshed", False, reason, message)
         self.metrics.failed(state.namespace, state.name, str(spec.grant) if spec else "", reason)
         log.warning("%s/%s: refresh failed: %s: %s", *state.key, reason, message)
         if state.event_reason != reason:
