@@ -15,6 +15,7 @@ import base64
 import datetime as dt
 import itertools
 import json
+import math
 import os
 import signal
 import ssl
@@ -431,6 +432,11 @@ def test_outage_longer_than_validity(
         first = wait_for("first token", lambda: secret_data(core, namespace, "itcare-token"))
         expires = parse_time(first["expires_at"])
         kc.inject(Fault(503, client_id="c-long"))
+        # the status patch follows the Secret write: wait for it before watching Ready
+        wait_for(
+            "Ready",
+            lambda: condition(get_credential(custom, namespace), "Ready").get("status") == "True",
+        )
 
         def ready_false() -> dict[str, Any] | None:
             cr = get_credential(custom, namespace)
@@ -651,7 +657,12 @@ def test_flood_of_credentials_respects_the_caps(
         starts = sorted(kc.started)
         busiest = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
         assert kc.peak_in_flight <= cap, f"{kc.peak_in_flight} requests in flight"
-        assert busiest <= rate + rate, f"{busiest} requests in one second"  # bucket burst + refill
+        # The bucket allows its burst (= rate) plus one second of refill in any second at the
+        # client (tests/test_token_endpoint.py checks that bound exactly, at the transport).
+        # These are arrival times at the server, after the loopback and its thread pool:
+        # allow 50 ms of that scheduling jitter on this 2-core machine, and no more.
+        jitter = math.ceil(rate * 0.05)
+        assert busiest <= rate + rate + jitter, f"{busiest} requests in one second"
         assert kc.count() == n
         record(
             report,

@@ -362,6 +362,30 @@ async def test_rate_limit_is_enforced() -> None:
     assert starts[-1] - starts[0] >= 0.4
 
 
+async def test_rate_limit_holds_at_the_wire_behind_a_slow_endpoint() -> None:
+    """Requests that wait for a slot must not leave in a burst above the rate when the
+    endpoint speeds up again: the bucket is drawn when the request starts."""
+    starts: list[float] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        starts.append(time.monotonic())
+        if len(starts) <= 4:
+            await asyncio.sleep(0.6)  # the endpoint is slow at first
+        return httpx.Response(
+            200, json={"access_token": "a", "expires_in": 60, "token_type": "Bearer"}
+        )
+
+    rate, burst = 10, 10
+    endpoint = TokenEndpoint(
+        "https://kc.example/t", transport=httpx.MockTransport(handler), max_concurrent=2, rate=rate
+    )
+    await asyncio.gather(*(endpoint.client_credentials(CREDS) for _ in range(40)))
+    await endpoint.aclose()
+    busiest = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
+    assert len(starts) == 40
+    assert busiest <= rate + burst, f"{busiest} starts in one second"
+
+
 async def test_endpoints_share_one_pool_per_url() -> None:
     made: list[str] = []
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
@@ -194,11 +195,12 @@ class TokenEndpoint:
     async def _request(
         self, credentials: ClientCredentials, form: dict[str, str], secrets: Iterable[str]
     ) -> Token:
-        if self._throttle is not None:
-            await self._throttle.acquire()
-        if self._semaphore is None:
-            return await self._send(credentials, form, tuple(secrets))
-        async with self._semaphore:
+        # The slot first, then the bucket: a request that took a bucket token and then
+        # queued for a slot would start late, and a slow endpoint would let such requests
+        # pile up and leave all at once, above the rate.
+        async with self._semaphore or contextlib.nullcontext():
+            if self._throttle is not None:
+                await self._throttle.acquire()
             return await self._send(credentials, form, tuple(secrets))
 
     async def _send(
