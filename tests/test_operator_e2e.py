@@ -478,7 +478,11 @@ def test_refresh_token_grant_and_fallback(sc: Scenario) -> None:
     first = sc.wait_token()
     second = sc.wait_token(other_than=first["access_token"], timeout=25)
     assert sc.requests(grant_type="refresh_token") == 1
-    assert "RefreshToken" in condition(sc.cr(), "Refreshed")["message"]
+    wait_for(  # the status patch follows the Secret write
+        "Refreshed by RefreshToken",
+        lambda: "RefreshToken" in condition(sc.cr(), "Refreshed").get("message", ""),
+        timeout=5,
+    )
     # Keycloak refuses the refresh token: fall back to client_credentials at once.
     sc.kc.inject(
         Fault(

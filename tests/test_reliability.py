@@ -311,8 +311,14 @@ def test_fault_matrix(
             assert min(gaps) >= min_gap, f"{name}: retried after {min(gaps):.2f}s"
             assert watcher.seen[target][:1] and len(watcher.seen[target]) == 2, name
             assert watcher.missing[target] == 0 and watcher.expired_s[target] == 0
-            cr = get_credential(custom, ns, f"cred-{name}")
-            assert condition(cr, "Refreshed")["reason"] == "RefreshSucceeded"
+            wait_for(  # the status patch follows the Secret write
+                f"{name}: RefreshSucceeded",
+                lambda name=name: (
+                    condition(get_credential(custom, ns, f"cred-{name}"), "Refreshed").get("reason")
+                    == "RefreshSucceeded"
+                ),
+                timeout=5,
+            )
             assert reason in [
                 e.reason for e in events(core, ns) if e.involved_object.name == f"cred-{name}"
             ]
