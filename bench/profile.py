@@ -1,0 +1,120 @@
+"""Sampling profiles of the operator process with py-spy, summarised as Markdown.
+
+``bench.run --profile`` records one profile while the credentials are created and one
+during the refresh cycles; each is summarised per function (file and name, lines
+merged): share of samples where the function is on top of the stack (self) and where
+it is anywhere in it (total). Only threads that are running are sampled (py-spy's
+default), so the shares are shares of the operator's CPU time.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+class Profile:
+    """``py-spy record`` attached to ``pid``, writing collapsed stacks to ``path``."""
+
+    def __init__(self, pid: int, path: Path, rate: int = 100) -> None:
+        self.path = path
+        self._proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> Path:
+        self._proc.send_signal(signal.SIGINT)
+        self._proc.wait(60)
+        return self.path
+
+
+def _where(frame: str) -> str:
+    match = _FRAME.match(frame)
+    if not match:
+        return frame
+    file = match["file"]
+    for marker in ("site-packages/", "itcare_operator/", "lib/python3"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+            break
+    return f"{match['func']} ({file})"
+
+
+def summarise(path: Path, top: int = 15) -> tuple[int, list[tuple[str, float, float]]]:
+    """Samples and the ``top`` functions by self share: (function, self %, total %)."""
+    own: collections.Counter[str] = collections.Counter()
+    anywhere: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_where(f) for f in stack.split(";")[1:]]  # [0] is the thread
+        if not frames:
+            continue
+        samples += count
+        own[frames[-1]] += count
+        for name in set(frames):
+            anywhere[name] += count
+    rows = [
+        (name, 100 * n / samples, 100 * anywhere[name] / samples)
+        for name, n in own.most_common(top)
+    ]
+    return samples, rows
+
+
+def by_module(path: Path) -> list[tuple[str, float]]:
+    """Self share per top-level module (``itcare_operator``, ``kubernetes``, ...)."""
+    own: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = stack.split(";")[1:]
+        if not frames:
+            continue
+        match = _FRAME.match(frames[-1])
+        file = match["file"] if match else ""
+        if "site-packages/" in file:
+            module = file.split("site-packages/", 1)[1].split("/", 1)[0]
+        elif "itcare_operator/" in file:
+            module = "itcare_operator"
+        elif "lib/python3" in file:
+            module = "stdlib"
+        else:
+            module = file or "?"
+        own[module.removesuffix(".py")] += int(count_text)
+        samples += int(count_text)
+    return [(m, 100 * n / samples) for m, n in own.most_common(10)]
+
+
+def markdown(title: str, path: Path, note: str = "") -> str:
+    samples, rows = summarise(path)
+    lines = [f"### {title}", "", f"{samples} samples at 100 Hz. {note}".strip(), ""]
+    lines += ["| self % by module | |", "| --- | --- |"]
+    lines += [f"| {m} | {share:.1f} |" for m, share in by_module(path)]
+    lines += ["", "| function (file) | self % | total % |", "| --- | --- | --- |"]
+    lines += [f"| `{name}` | {s:.1f} | {t:.1f} |" for name, s, t in rows]
+    return "\n".join(lines) + "\n"
