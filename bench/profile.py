@@ -3,8 +3,9 @@
 ``bench.run --profile`` records one profile while the credentials are created and one
 during the refresh cycles; each is summarised per function (file and name, lines
 merged): share of samples where the function is on top of the stack (self) and where
-it is anywhere in it (total). Only threads that are running are sampled (py-spy's
-default), so the shares are shares of the operator's CPU time.
+it is anywhere in it (total). Only the thread holding the GIL is sampled (``--gil``):
+the shares are shares of the Python work; a thread waiting in a socket read, a
+select or a lock (which py-spy may count as running) is not in them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Profile:
                 "--format",
                 "raw",
                 "--nonblocking",
+                "--gil",
                 "--output",
                 str(path),
             ],

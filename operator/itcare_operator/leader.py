@@ -14,9 +14,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-import kubernetes
-
-from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound
+from itcare_operator.kube import Conflict, KubeClient, KubeError
 
 __all__ = ["LeaseElector", "LostLeadership"]
 
@@ -50,7 +48,6 @@ class LeaseElector:
         retry_period: float = 2.0,
     ) -> None:
         self._kube = kube
-        self._api = kubernetes.client.CoordinationV1Api(kube.api_client)
         self.namespace = namespace
         self.name = name
         self.identity = identity
@@ -60,19 +57,7 @@ class LeaseElector:
         self._lease: dict[str, Any] | None = None
 
     async def _get(self) -> dict[str, Any] | None:
-        try:
-            resp = await self._kube._call(
-                "get",
-                "leases",
-                f"get Lease {self.namespace}/{self.name}",
-                self._api.read_namespaced_lease,
-                self.name,
-                self.namespace,
-                _preload_content=False,
-            )
-        except NotFound:
-            return None
-        return resp
+        return await self._kube.get_lease(self.namespace, self.name)
 
     def _spec(self, now: dt.datetime, transitions: int, acquired: str | None) -> dict[str, Any]:
         return {
@@ -95,15 +80,7 @@ class LeaseElector:
                     "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": self._spec(now, 0, None),
                 }
-                resp = await self._kube._call(
-                    "create",
-                    "leases",
-                    "create Lease",
-                    self._api.create_namespaced_lease,
-                    self.namespace,
-                    body,
-                    _preload_content=False,
-                )
+                resp = await self._kube.create_lease(self.namespace, body)
                 self._lease = resp
                 return True
             spec = lease.get("spec") or {}
@@ -116,16 +93,7 @@ class LeaseElector:
             mine = holder == self.identity
             transitions = int(spec.get("leaseTransitions") or 0) + (0 if mine else 1)
             lease["spec"] = self._spec(now, transitions, spec.get("acquireTime") if mine else None)
-            resp = await self._kube._call(
-                "update",
-                "leases",
-                "update Lease",
-                self._api.replace_namespaced_lease,
-                self.name,
-                self.namespace,
-                lease,
-                _preload_content=False,
-            )
+            resp = await self._kube.replace_lease(self.namespace, lease)
             self._lease = resp
             return True
         except Conflict:
@@ -170,15 +138,6 @@ class LeaseElector:
             "leaseDurationSeconds": 1,
         }
         try:
-            await self._kube._call(
-                "update",
-                "leases",
-                "release Lease",
-                self._api.replace_namespaced_lease,
-                self.name,
-                self.namespace,
-                lease,
-                _preload_content=False,
-            )
+            await self._kube.replace_lease(self.namespace, lease, "release Lease")
         except KubeError as exc:
             log.info("could not release the Lease: %s", exc)
