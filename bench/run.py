@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import contextlib
 import datetime as dt
 import json
 import os
@@ -204,8 +205,7 @@ class Operator:
 
     def cpu_seconds(self) -> float:
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
         with urllib.request.urlopen(
@@ -222,6 +222,16 @@ class Operator:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(60)
+
+
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU seconds of these processes so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def lag_quantile(samples: list[tuple[dict[str, str], float]], q: float) -> float:
@@ -315,7 +325,12 @@ def run_one(
     namespace = f"bench-{n}-{secrets.token_hex(2)}"
     core.create_namespace({"metadata": {"name": namespace}})
     print(f"[N={n}] floor...", flush=True)
+    control_plane = [
+        pid for name, pid in env.processes.items() if name in ("etcd", "kube-apiserver")
+    ]
+    cp0 = cpu_seconds(*control_plane)
     floor_s = floor(core, n)
+    floor_cp_cpu = cpu_seconds(*control_plane) - cp0
     print(f"[N={n}] floor {floor_s:.1f}s; source Secrets...", flush=True)
 
     def source(i: int) -> None:
@@ -367,9 +382,12 @@ def run_one(
         )
 
     print(f"[N={n}] creating {n} credentials (token lifetime {lifetime}s)...", flush=True)
+    cpu_at_start = (cpu_seconds(*control_plane), op.cpu_seconds(), cpu_seconds(kc.pid))
+    requests_at_start = kube_requests(op.metrics())
     began = time.time()
     with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(credential, range(n)))
+    submitted_s = time.time() - began  # the N creates alone, with the operator at work
     while True:
         op.sample()
         with watch.lock:
@@ -378,6 +396,15 @@ def run_one(
         if time.time() - began > 3600:
             raise RuntimeError("not all Secrets appeared within an hour")
         time.sleep(0.2)
+    create_cpu = [
+        round(now - then, 1)
+        for now, then in zip(
+            (cpu_seconds(*control_plane), op.cpu_seconds(), cpu_seconds(kc.pid)),
+            cpu_at_start,
+            strict=True,
+        )
+    ]
+    create_requests = kube_requests(op.metrics()) - requests_at_start
     if profiler:
         profiles.append(("creation of all credentials", profiler.stop()))
     with watch.lock:
@@ -457,6 +484,14 @@ def run_one(
         "all_ready_s": round(all_ready_s, 2),
         "floor_s": round(floor_s, 2),
         "ratio_to_floor": round(all_ready_s / floor_s, 2),
+        # Where the creation's CPU went: API server + etcd for the floor's N writes, and
+        # API server + etcd / operator / token endpoint while the operator created N.
+        "credentials_submitted_s": round(submitted_s, 2),
+        "floor_control_plane_cpu_s": round(floor_cp_cpu, 1),
+        "create_control_plane_cpu_s": create_cpu[0],
+        "create_operator_cpu_s": create_cpu[1],
+        "create_token_endpoint_cpu_s": create_cpu[2],
+        "create_api_requests_per_credential": round(create_requests / n, 2),
         "latency_p50_s": round(statistics.median(latencies), 3),
         "latency_p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
         "latency_p99_s": round(latencies[int(0.99 * (len(latencies) - 1))], 3),
