@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -62,19 +63,22 @@ def _where(frame: str) -> str:
     return f"{match['func']} ({file})"
 
 
+def _stacks(path: Path) -> Iterator[tuple[list[str], int]]:
+    """(frames, count) per line of py-spy's collapsed stacks, thread frame dropped."""
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        frames = stack.split(";")[1:]  # [0] is the thread
+        if frames and count_text.isdigit():
+            yield frames, int(count_text)
+
+
 def summarise(path: Path, top: int = 15) -> tuple[int, list[tuple[str, float, float]]]:
     """Samples and the ``top`` functions by self share: (function, self %, total %)."""
     own: collections.Counter[str] = collections.Counter()
     anywhere: collections.Counter[str] = collections.Counter()
     samples = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [_where(f) for f in stack.split(";")[1:]]  # [0] is the thread
-        if not frames:
-            continue
+    for raw, count in _stacks(path):
+        frames = [_where(f) for f in raw]
         samples += count
         own[frames[-1]] += count
         for name in set(frames):
@@ -90,13 +94,7 @@ def by_module(path: Path) -> list[tuple[str, float]]:
     """Self share per top-level module (``itcare_operator``, ``kubernetes``, ...)."""
     own: collections.Counter[str] = collections.Counter()
     samples = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        frames = stack.split(";")[1:]
-        if not frames:
-            continue
+    for frames, count in _stacks(path):
         match = _FRAME.match(frames[-1])
         file = match["file"] if match else ""
         if "site-packages/" in file:
@@ -107,15 +105,41 @@ def by_module(path: Path) -> list[tuple[str, float]]:
             module = "stdlib"
         else:
             module = file or "?"
-        own[module.removesuffix(".py")] += int(count_text)
-        samples += int(count_text)
+        own[module.removesuffix(".py")] += count
+        samples += count
     return [(m, 100 * n / samples) for m, n in own.most_common(10)]
+
+
+# Activities of the operator, by a frame on the stack: (label, marker in the frame).
+ACTIVITIES = [
+    ("token requests (httpx)", "TokenEndpoint._send"),
+    ("API requests (urllib3, in the request threads)", "KubeClient.request.<locals>.send"),
+    ("watch threads (read, JSON decode)", "Watch._run"),
+    ("reconcile coroutine (incl. the token request, not the API threads)", "Controller.reconcile"),
+    ("status rendering", "render_status"),
+    ("metrics", "prometheus_client"),
+    ("logging", "logging/__init__"),
+]
+
+
+def by_activity(path: Path) -> list[tuple[str, float]]:
+    """Share of samples with the activity's frame anywhere on the stack."""
+    hits: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for frames, count in _stacks(path):
+        samples += count
+        for label, marker in ACTIVITIES:
+            if any(marker in f for f in frames):
+                hits[label] += count
+    return [(label, 100 * hits[label] / samples) for label, _ in ACTIVITIES]
 
 
 def markdown(title: str, path: Path, note: str = "") -> str:
     samples, rows = summarise(path)
     lines = [f"### {title}", "", f"{samples} samples at 100 Hz. {note}".strip(), ""]
-    lines += ["| self % by module | |", "| --- | --- |"]
+    lines += ["| activity (frame on the stack) | % of samples |", "| --- | --- |"]
+    lines += [f"| {label} | {share:.1f} |" for label, share in by_activity(path)]
+    lines += ["", "| self % by module | |", "| --- | --- |"]
     lines += [f"| {m} | {share:.1f} |" for m, share in by_module(path)]
     lines += ["", "| function (file) | self % | total % |", "| --- | --- | --- |"]
     lines += [f"| `{name}` | {s:.1f} | {t:.1f} |" for name, s, t in rows]

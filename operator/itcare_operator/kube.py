@@ -58,6 +58,7 @@ CLUSTER_PLURAL = "clusteritcarecredentials"
 COMPONENT = "itcare-token-operator"
 REQUEST_TIMEOUT = (5, 30)  # connect, read: no API call may hang a worker thread
 MERGE_PATCH = "application/merge-patch+json"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{}/leases"
 USER_AGENT = f"itcare-token-operator/{__version__}"
 
 
@@ -75,21 +76,6 @@ class NotFound(KubeError):
 
 class Conflict(KubeError):
     """409: resourceVersion conflict or AlreadyExists."""
-
-
-def _convert(exc: ApiException, what: str) -> KubeError:
-    status = exc.status
-    reason = exc.reason or ""
-    try:
-        detail = json.loads(exc.body or "{}").get("reason") or ""
-    except (ValueError, AttributeError):
-        detail = ""
-    message = f"{what}: {status} {reason}{f' ({detail})' if detail else ''}"
-    if status == 404:
-        return NotFound(message, status)
-    if status == 409:
-        return Conflict(message, status)
-    return KubeError(message, status)
 
 
 def load_config() -> kubernetes.client.Configuration:
@@ -211,18 +197,20 @@ class KubeClient:
             return json.loads(content) if content else {}
         raise _error(status, reason, content, what)
 
-    # -- Secrets -------------------------------------------------------------------
-    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def _get(self, resource: str, what: str, path: str) -> dict[str, Any] | None:
+        """One object, or None when it does not exist."""
         try:
-            return await self.request(
-                "get",
-                "secrets",
-                f"get Secret {namespace}/{name}",
-                "GET",
-                f"/api/v1/namespaces/{namespace}/secrets/{name}",
-            )
+            return await self.request("get", resource, what, "GET", path)
         except NotFound:
             return None
+
+    # -- Secrets -------------------------------------------------------------------
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get(
+            "secrets",
+            f"get Secret {namespace}/{name}",
+            f"/api/v1/namespaces/{namespace}/secrets/{name}",
+        )
 
     async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request(
@@ -316,16 +304,9 @@ class KubeClient:
 
     # -- Leases (leader election) ------------------------------------------------------
     async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self.request(
-                "get",
-                "leases",
-                f"get Lease {namespace}/{name}",
-                "GET",
-                f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}",
-            )
-        except NotFound:
-            return None
+        return await self._get(
+            "leases", f"get Lease {namespace}/{name}", f"{LEASES.format(namespace)}/{name}"
+        )
 
     async def create_lease(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request(
@@ -333,7 +314,7 @@ class KubeClient:
             "leases",
             "create Lease",
             "POST",
-            f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
+            LEASES.format(namespace),
             body=_typed(body, "coordination.k8s.io/v1", "Lease"),
         )
 
@@ -346,7 +327,7 @@ class KubeClient:
             "leases",
             what,
             "PUT",
-            f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}",
+            f"{LEASES.format(namespace)}/{name}",
             body=_typed(body, "coordination.k8s.io/v1", "Lease"),
         )
 
