@@ -3,13 +3,16 @@ mapping that the controllers rely on (NotFound, Conflict, KubeError without bodi
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 from typing import Any
 
 import kubernetes
 import pytest
 
-from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound
+from itcare_operator import kube as kube_module
+from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound, Watch
 from tests.environment import Environment
 from tests.testenv import GROUP, PLURAL, VERSION
 
@@ -109,4 +112,37 @@ async def test_unreachable_server_is_a_kube_error(testenv: Environment) -> None:
     kube = KubeClient(config, threads=1)
     with pytest.raises(KubeError, match="API server unreachable"):
         await kube.get_secret("default", "x")
+    kube.close()
+
+
+async def test_list_in_pages_then_watch(
+    kube: KubeClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A (re)list comes in pages; on_listed gets every object's identity once, then the
+    watch goes on from the list's resourceVersion."""
+    monkeypatch.setattr(kube_module, "LIST_PAGE", 3)
+    for i in range(7):
+        await kube.create_secret(namespace, secret(f"p{i}", labels={"page": "yes"}))
+    seen: list[tuple[str | None, str]] = []
+    listed: list[list[dict[str, Any]]] = []
+    watch = Watch(
+        kube,
+        "page=yes",
+        lambda type_, obj: seen.append((type_, obj["metadata"]["name"])),
+        list_fn=functools.partial(kube.core.list_namespaced_secret, namespace),
+        on_listed=listed.append,
+    )
+    watch.start()
+    await asyncio.wait_for(watch.synced.wait(), 30)
+    assert sorted(name for type_, name in seen if type_ is None) == [f"p{i}" for i in range(7)]
+    assert len(listed) == 1
+    assert sorted(i["metadata"]["name"] for i in listed[0]) == [f"p{i}" for i in range(7)]
+    assert all(set(i["metadata"]) == {"namespace", "name", "uid"} for i in listed[0])
+    await kube.create_secret(namespace, secret("p7", labels={"page": "yes"}))
+    for _ in range(100):
+        if ("ADDED", "p7") in seen:
+            break
+        await asyncio.sleep(0.1)
+    watch.stop()
+    assert ("ADDED", "p7") in seen
     kube.close()

@@ -58,6 +58,7 @@ CLUSTER_PLURAL = "clusteritcarecredentials"
 COMPONENT = "itcare-token-operator"
 REQUEST_TIMEOUT = (5, 30)  # connect, read: no API call may hang a worker thread
 MERGE_PATCH = "application/merge-patch+json"
+LIST_PAGE = 500  # objects per list request
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{}/leases"
 USER_AGENT = f"itcare-token-operator/{__version__}"
 
@@ -422,23 +423,31 @@ class Watch:
         self._stopping.set()
 
     def _deliver(
-        self, events: list[tuple[str | None, dict[str, Any]]], *, listed: bool = False
+        self,
+        events: list[tuple[str | None, dict[str, Any]]],
+        *,
+        listed: list[dict[str, Any]] | None = None,
     ) -> None:
         """Hand a batch of events to the event loop in one wake-up (one per chunk read,
-        not one per object: waking the loop per object cost 5 % of its time at N=1000)."""
+        not one per object: waking the loop per object cost 5 % of its time at N=1000).
+        ``listed``: a (re)list is complete; the identities of everything it held."""
         assert self._loop is not None
         if self._loop.is_closed():  # shutting down
             self._stopping.set()
             return
-        if events or listed:
+        if events or listed is not None:
             self._loop.call_soon_threadsafe(self._dispatch, events, listed)
 
-    def _dispatch(self, events: list[tuple[str | None, dict[str, Any]]], listed: bool) -> None:
+    def _dispatch(
+        self,
+        events: list[tuple[str | None, dict[str, Any]]],
+        listed: list[dict[str, Any]] | None,
+    ) -> None:
         for type_, obj in events:
             self._on_event(type_, obj)
-        if listed:
+        if listed is not None:
             if self._on_listed is not None:
-                self._on_listed([obj for _, obj in events])
+                self._on_listed(listed)
             self.synced.set()
 
     def _list_fn(self) -> Callable[..., Any]:
@@ -465,12 +474,29 @@ class Watch:
                 delay = min(delay * 2, 10.0)
 
     def _list(self) -> str:
-        resp = self._list_fn()(
-            label_selector=self._selector, _preload_content=False, _request_timeout=30
-        )
-        doc = _json(resp)
-        self._deliver([(None, item) for item in doc.get("items") or []], listed=True)
-        return str(doc["metadata"]["resourceVersion"])
+        """List in pages of LIST_PAGE (one consistent snapshot): a restart at 10,000
+        credentials never holds a whole list's JSON and objects at once."""
+        identities: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {}
+        while True:
+            resp = self._list_fn()(
+                label_selector=self._selector,
+                limit=LIST_PAGE,
+                _preload_content=False,
+                _request_timeout=30,
+                **kwargs,
+            )
+            doc = _json(resp)
+            items = doc.get("items") or []
+            identities += [_identity(item) for item in items]
+            self._deliver([(None, item) for item in items])
+            del resp, items
+            meta = doc.get("metadata") or {}
+            if not meta.get("continue"):
+                break
+            kwargs["_continue"] = meta["continue"]
+        self._deliver([], listed=identities)
+        return str(meta["resourceVersion"])
 
     def _watch(self, version: str) -> str:
         resp = self._list_fn()(
@@ -581,6 +607,12 @@ def _safe(exc: BaseException) -> str:
     if isinstance(exc, ApiException):
         return f"{exc.status} {exc.reason}"
     return f"{type(exc).__name__}: {str(exc)[:160]}"
+
+
+def _identity(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Just the object's namespace, name and uid (what an ``on_listed`` needs)."""
+    meta = obj.get("metadata") or {}
+    return {"metadata": {k: meta[k] for k in ("namespace", "name", "uid") if k in meta}}
 
 
 def _batches(resp: Any) -> Iterator[list[dict[str, Any]]]:
