@@ -665,18 +665,23 @@ def test_flood_of_credentials_respects_the_caps(
         assert kc.peak_in_flight <= cap, f"{kc.peak_in_flight} requests in flight"
         # The bucket allows its burst (= rate) plus one second of refill in any second at the
         # client (tests/test_token_endpoint.py checks that bound exactly, at the transport).
-        # These are arrival times at the server, after the loopback and its thread pool:
-        # allow 50 ms of that scheduling jitter on this 2-core machine, and no more.
-        jitter = math.ceil(rate * 0.05)
-        assert busiest <= rate + rate + jitter, f"{busiest} requests in one second"
+        # These are arrival times at the server: between the bucket and the socket the
+        # request waits for the event loop (busy with 200 credentials) and the server's
+        # thread pool, which can bunch arrivals; CI saw 83 in one second. Allow 150 ms of
+        # that jitter here, and check the sustained rate as well: n requests after a
+        # burst of `rate` cannot span less than (n - rate) / rate seconds.
+        jitter = 0.15
+        assert busiest <= rate + rate + math.ceil(rate * jitter), f"{busiest} in one second"
+        span = starts[-1] - starts[0]
+        assert span >= (n - rate) / rate - jitter, f"{n} requests in {span:.2f}s"
         assert kc.count() == n
         record(
             report,
             f"flood: {n} credentials at once",
             "mass creation",
             f"<= {cap} in flight, <= {rate:g}/s (+burst)",
-            f"peak {kc.peak_in_flight} in flight, busiest second {busiest}; "
-            f"all ready in {elapsed:.1f}s",
+            f"peak {kc.peak_in_flight} in flight, busiest second {busiest}, "
+            f"{n} requests over {span:.1f}s; all ready in {elapsed:.1f}s",
             kc.count(),
             0.0,
         )
