@@ -219,7 +219,10 @@ def test_deleting_the_credential_garbage_collects_the_secret(sc: Scenario) -> No
     sc.credential()
     op = sc.run()
     sc.wait_token()
-    assert op.metric("itcare_credential_ready", namespace=sc.namespace, name="billing") == 1.0
+    wait_for(  # set with the status, right after the Secret write
+        "ready gauge",
+        lambda: op.metric("itcare_credential_ready", namespace=sc.namespace, name="billing") == 1.0,
+    )
     sc.custom.delete_namespaced_custom_object(GROUP, VERSION, sc.namespace, PLURAL, "billing")
     wait_for("target Secret garbage-collected", lambda: sc.token() is None, timeout=60)
     wait_for(
