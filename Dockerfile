@@ -3,8 +3,12 @@
 # virtualenv into a slim runtime image that has no build tools and runs as non-root.
 
 ARG PYTHON_VERSION=3.12
+# The base of both stages. Pin it by digest for a reproducible image
+# (--build-arg BASE_IMAGE=python:3.12-slim@sha256:...), or point it at a local image
+# where the registry cannot be reached (the test node builds one from Debian packages).
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim
 
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
@@ -15,7 +19,7 @@ RUN python -m venv /opt/itcare \
     && /opt/itcare/bin/pip uninstall -y build \
     && /opt/itcare/bin/pip install /dist/*.whl
 
-FROM python:${PYTHON_VERSION}-slim
+FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="itcare-token-operator" \
       org.opencontainers.image.description="Keeps a fresh cegedim.cloud ITCare OAuth2 token in a Kubernetes Secret" \

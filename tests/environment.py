@@ -7,7 +7,7 @@ random loopback ports; state lives in one temporary directory.
 Used by the pytest fixtures (``tests/testenv.py``), by ``scripts/testenv`` for a
 person at the keyboard, by ``make demo`` and by the benchmarks::
 
-    python -m tests.environment up      # start in the background, print exports
+    python -m tests.environment up [--node]   # start in the background, print exports
     python -m tests.environment env     # print the exports of the running one
     python -m tests.environment down    # stop it and remove its state
 """
@@ -20,6 +20,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -38,10 +39,32 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from tests import node
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("ITCARE_CACHE", Path.home() / ".cache" / "itcare-operator"))
 REALM_FILE = ROOT / "tests" / "keycloak" / "cloud-realm.json"
 STATE_LINK = Path(os.environ.get("ITCARE_TESTENV_STATE", ROOT / ".testenv"))
+
+CONTROLLERS = ["garbagecollector", "namespace", "serviceaccount", "serviceaccount-token"]
+# What a Deployment, a PodDisruptionBudget and a Service need once pods can run.
+NODE_CONTROLLERS = [
+    "deployment",
+    "replicaset",
+    "disruption",
+    "endpointslice",
+    "endpoint",
+    "nodelifecycle",  # lifts the not-ready taint that admission puts on a new node
+    "root-ca-certificate-publisher-controller",  # kube-root-ca.crt for service-account volumes
+]
+# What ``scripts/testenv up --node`` exports about the node (see the node issue's interface).
+NODE_EXPORTS = {
+    "ITCARE_TEST_IMAGE": "operator_image",
+    "ITCARE_TEST_CONSUMER_IMAGE": "consumer_image",
+    "ITCARE_TEST_POD_TOKEN_URL": "pod_token_url",
+    "ITCARE_TEST_HOST_FROM_PODS": "host_from_pods",
+    "ITCARE_TEST_HELM_ARGS": "helm_args",
+}
 
 
 def versions() -> dict[str, str]:
@@ -60,6 +83,9 @@ def component_paths() -> dict[str, Path]:
         "etcd": CACHE / f"etcd-{v['ETCD_VERSION']}" / "etcd",
         "kube-apiserver": kube / "kube-apiserver",
         "kube-controller-manager": kube / "kube-controller-manager",
+        "kube-scheduler": kube / "kube-scheduler",
+        "kubelet": kube / "kubelet",
+        "kube-proxy": kube / "kube-proxy",
         "kubectl": kube / "kubectl",
         "helm": CACHE / f"helm-{v['HELM_VERSION']}-kube1.{v['HELM_KUBE_MINOR']}" / "helm",
         "keycloak": CACHE / f"keycloak-{v['KEYCLOAK_VERSION']}",
@@ -153,7 +179,7 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def make_pki(directory: Path) -> None:
+def make_pki(directory: Path, extra_ips: tuple[str, ...] = ()) -> None:
     ca_key = _key()
     ca_name = _name("itcare-test-ca")
     ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
@@ -168,7 +194,17 @@ def make_pki(directory: Path) -> None:
             x509.DNSName("kubernetes.default.svc"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
         ],
+    )
+    # The TLS front that pods reach Keycloak through (node tier).
+    front_key = _key()
+    front = _cert(
+        _name("keycloak"),
+        front_key,
+        ca_name,
+        ca_key,
+        sans=[x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *extra_ips)],
     )
     admin_key = _key()
     admin = _cert(_name("itcare-admin", "system:masters"), admin_key, ca_name, ca_key, client=True)
@@ -179,6 +215,8 @@ def make_pki(directory: Path) -> None:
         "apiserver.crt": server.public_bytes(serialization.Encoding.PEM),
         "apiserver.key": _pem_key(server_key),
         "admin.crt": admin.public_bytes(serialization.Encoding.PEM),
+        "front.crt": front.public_bytes(serialization.Encoding.PEM),
+        "front.key": _pem_key(front_key),
         "admin.key": _pem_key(admin_key),
         "sa.key": _pem_key(sa_key),
         "sa.pub": sa_key.public_key().public_bytes(
@@ -229,6 +267,8 @@ class Environment:
     token_url: str = ""
     keycloak_url: str = ""
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    node: dict[str, str] = dataclasses.field(default_factory=dict)
+    """The node tier's facts (empty without a node): images, addresses, helm arguments."""
 
     @property
     def kubeconfig(self) -> Path:
@@ -253,6 +293,7 @@ class Environment:
             "token_url": self.token_url,
             "keycloak_url": self.keycloak_url,
             "timings": self.timings,
+            "node": self.node,
         }
         (self.directory / "state.json").write_text(json.dumps(doc, indent=2))
 
@@ -266,6 +307,7 @@ class Environment:
             token_url=doc["token_url"],
             keycloak_url=doc["keycloak_url"],
             timings=doc.get("timings", {}),
+            node=doc.get("node", {}),
         )
 
     def alive(self) -> bool:
@@ -280,17 +322,45 @@ class Environment:
                 f"export ITCARE_TEST_TOKEN_URL={self.token_url}",
                 f"export ITCARE_TEST_REALM={self.realm_file}",
                 f"export ITCARE_TESTENV_STATE={self.directory}",
+                *(
+                    f"export {key}={shlex.quote(self.node[field])}"
+                    for key, field in NODE_EXPORTS.items()
+                    if self.node
+                ),
             ]
         )
 
     def stop(self, *, remove: bool = True) -> None:
-        for name in ("kube-controller-manager", "keycloak", "kube-apiserver", "etcd"):
+        if self.node:
+            for name in ("kube-proxy", "kubelet"):
+                if pid := self.processes.pop(name, None):
+                    _terminate(pid)
+            sock = Path(self.node["containerd_sock"])
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                node.stop_containers(sock)
+        for name in (
+            "containerd",
+            "tls-front",
+            "kube-scheduler",
+            "kube-controller-manager",
+            "keycloak",
+            "kube-apiserver",
+            "etcd",
+        ):
             pid = self.processes.get(name)
             if pid:
                 _terminate(pid)
         self.processes.clear()
+        if self.node:
+            node.kill_shims(Path(self.node["containerd_sock"]))
+            kube_proxy = component_paths()["kube-proxy"]
+            subprocess.run([str(kube_proxy), "--cleanup"], capture_output=True, check=False)
+            node.unmount_under(self.directory)
+            node.cleanup_network()
         if remove:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            node.remove_tree(self.directory) if self.node else shutil.rmtree(
+                self.directory, ignore_errors=True
+            )
 
     def restart(self, name: str) -> None:
         """Stop and start one component with the same flags (fault tests)."""
@@ -375,14 +445,20 @@ def _http_ok(url: str) -> bool:
 
 
 def start(
-    directory: Path | None = None, *, keycloak: bool = True, control_plane: bool = True
+    directory: Path | None = None,
+    *,
+    keycloak: bool = True,
+    control_plane: bool = True,
+    with_node: bool = False,
 ) -> Environment:
+    """Start the environment; ``with_node`` adds a real node (root only: see ``tests/node``)."""
     paths = ensure_components()
+    images = node.build_images() if with_node else {}
     directory = directory or Path(tempfile.mkdtemp(prefix="itcare-testenv-"))
     directory.mkdir(parents=True, exist_ok=True)
     env = Environment(directory)
     try:
-        _start(env, paths, keycloak=keycloak, control_plane=control_plane)
+        _start(env, paths, keycloak=keycloak, control_plane=control_plane, images=images)
     except BaseException:
         env.stop(remove=False)
         raise
@@ -391,12 +467,20 @@ def start(
 
 
 def _start(
-    env: Environment, paths: dict[str, Path], *, keycloak: bool, control_plane: bool
+    env: Environment,
+    paths: dict[str, Path],
+    *,
+    keycloak: bool,
+    control_plane: bool,
+    images: dict[str, str],
 ) -> None:
     d = env.directory
     pki = d / "pki"
     pki.mkdir(exist_ok=True)
-    make_pki(pki)
+    if images:
+        node.ensure_bridge()
+        env.node = {"containerd_sock": str(d / "containerd" / "containerd.sock")}
+    make_pki(pki, (node.HOST_FROM_PODS,) if images else ())
     env.bin_dir.mkdir(exist_ok=True)
     for tool in ("kubectl", "helm"):
         link = env.bin_dir / tool
@@ -458,6 +542,8 @@ def _start(
 
     if control_plane:
         _start_control_plane(env, paths)
+    if images:
+        _start_node(env, paths, images)
     if keycloak:
         well_known = f"{env.keycloak_url}/realms/cloud/.well-known/openid-configuration"
         _wait(
@@ -498,14 +584,26 @@ def _start_control_plane(env: Environment, paths: dict[str, Path]) -> None:
     env.timings["etcd_s"] = round(time.monotonic() - started, 2)
 
     api_port = free_port()
-    env.api_url = f"https://127.0.0.1:{api_port}"
+    # With a node, pods reach the API server at the host's address on the pod bridge.
+    address = node.HOST_FROM_PODS if env.node else "127.0.0.1"
+    env.api_url = f"https://{address}:{api_port}"
+    node_flags = (
+        [
+            f"--kubelet-client-certificate={pki / 'admin.crt'}",
+            f"--kubelet-client-key={pki / 'admin.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+        if env.node
+        # Without a node no pod runs, and pods need no service-account token.
+        else ["--disable-admission-plugins=ServiceAccount"]
+    )
     env.processes["kube-apiserver"] = _spawn(
         "kube-apiserver",
         [
             str(paths["kube-apiserver"]),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={address}",
+            f"--advertise-address={address}",
             f"--secure-port={api_port}",
             f"--cert-dir={d / 'apiserver-certs'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -517,7 +615,7 @@ def _start_control_plane(env: Environment, paths: dict[str, Path]) -> None:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
-            "--disable-admission-plugins=ServiceAccount",
+            *node_flags,
             "--event-ttl=1h",
             "--v=0",
         ],
@@ -549,7 +647,7 @@ def _start_control_plane(env: Environment, paths: dict[str, Path]) -> None:
             f"--kubeconfig={env.kubeconfig}",
             f"--authentication-kubeconfig={env.kubeconfig}",
             f"--authorization-kubeconfig={env.kubeconfig}",
-            "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token",
+            "--controllers=" + ",".join(CONTROLLERS + (NODE_CONTROLLERS if env.node else [])),
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'ca.crt'}",
             "--use-service-account-credentials=false",
@@ -574,6 +672,131 @@ def _start_control_plane(env: Environment, paths: dict[str, Path]) -> None:
     env.timings["control_plane_s"] = round(time.monotonic() - started, 2)
 
 
+def _start_node(env: Environment, paths: dict[str, Path], images: dict[str, str]) -> None:
+    d = env.directory
+    pki = d / "pki"
+    started = time.monotonic()
+    cfg = node.NodeConfig(
+        directory=d,
+        api_url=env.api_url,
+        ca=pki / "ca.crt",
+        cert=pki / "admin.crt",
+        key=pki / "admin.key",
+        busybox_image=images["busybox_image"],
+        sync_frequency=os.environ.get("ITCARE_NODE_SYNC_FREQUENCY", node.DEFAULT_SYNC_FREQUENCY),
+    )
+    env.processes["kube-scheduler"] = _spawn(
+        "kube-scheduler",
+        [
+            str(paths["kube-scheduler"]),
+            f"--kubeconfig={env.kubeconfig}",
+            f"--authentication-kubeconfig={env.kubeconfig}",
+            f"--authorization-kubeconfig={env.kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={free_port()}",
+            "--v=0",
+        ],
+        d,
+    )
+    (d / "containerd").mkdir(exist_ok=True)
+    (d / "containerd" / "config.toml").write_text(node.containerd_config(cfg))
+    (d / "cni" / "net.d").mkdir(parents=True, exist_ok=True)
+    (d / "cni" / "net.d" / "10-itcare.conflist").write_text(json.dumps(node.cni_config(cfg)))
+    env.processes["containerd"] = _spawn(
+        "containerd", ["containerd", "--config", str(d / "containerd" / "config.toml")], d
+    )
+
+    def containerd_up() -> bool:
+        if not cfg.sock.exists():
+            return False
+        out = subprocess.run(
+            ["ctr", "--address", str(cfg.sock), "version"], capture_output=True, timeout=10
+        )
+        return out.returncode == 0
+
+    _wait("containerd", containerd_up, 30, env.processes["containerd"], d / "containerd.log")
+    for archive in (images["busybox_archive"], images["operator_archive"]):
+        node.import_image(cfg, archive)
+    env.timings["node_images_s"] = round(time.monotonic() - started, 2)
+
+    kubelet_dir = d / "kubelet"
+    (kubelet_dir / "manifests").mkdir(parents=True, exist_ok=True)
+    kubelet_port, kubelet_healthz = free_port(), free_port()
+    import yaml
+
+    (kubelet_dir / "config.yaml").write_text(
+        yaml.safe_dump(node.kubelet_config(cfg, kubelet_port, kubelet_healthz))
+    )
+    env.processes["kubelet"] = _spawn(
+        "kubelet",
+        [
+            str(paths["kubelet"]),
+            f"--config={kubelet_dir / 'config.yaml'}",
+            f"--kubeconfig={env.kubeconfig}",
+            f"--hostname-override={node.NODE_NAME}",
+            f"--node-ip={node.HOST_FROM_PODS}",
+            f"--root-dir={kubelet_dir / 'root'}",
+            f"--cert-dir={kubelet_dir / 'pki'}",
+            "--v=1",
+        ],
+        d,
+    )
+    (d / "kube-proxy.yaml").write_text(
+        yaml.safe_dump(node.kube_proxy_config(cfg, env.kubeconfig, free_port(), free_port()))
+    )
+    env.processes["kube-proxy"] = _spawn(
+        "kube-proxy", [str(paths["kube-proxy"]), f"--config={d / 'kube-proxy.yaml'}", "--v=1"], d
+    )
+    node.wait_node_ready([str(paths["kubectl"]), f"--kubeconfig={env.kubeconfig}"])
+    env.timings["node_s"] = round(time.monotonic() - started, 2)
+
+    front_port = free_port()
+    if env.keycloak_url:
+        kc_port = env.keycloak_url.split(":")[2].split("/")[0]
+        env.processes["tls-front"] = _spawn(
+            "tls-front",
+            [
+                sys.executable,
+                "-m",
+                "tests.tls_front",
+                f"{node.HOST_FROM_PODS}:{front_port}",
+                f"127.0.0.1:{kc_port}",
+                str(pki / "front.crt"),
+                str(pki / "front.key"),
+            ],
+            d,
+            {"PYTHONPATH": str(ROOT)},
+        )
+    realm_url = f"https://{node.HOST_FROM_PODS}:{front_port}/auth/realms/cloud/"
+    repository, _, tag = images["operator_image"].rpartition(":")
+    env.node.update(
+        {
+            "name": node.NODE_NAME,
+            "operator_image": images["operator_image"],
+            "consumer_image": images["busybox_image"],
+            "pod_token_url": f"{realm_url}protocol/openid-connect/token",
+            "host_from_pods": node.HOST_FROM_PODS,
+            "sync_frequency": cfg.sync_frequency,
+            "ca_file": str(pki / "ca.crt"),
+            "helm_args": shlex.join(
+                [
+                    "--set",
+                    f"image.repository={repository}",
+                    "--set",
+                    f"image.tag={tag}",
+                    "--set",
+                    "image.pullPolicy=Never",
+                    "--set-file",
+                    f"tokenEndpointCA.pem={pki / 'ca.crt'}",
+                    "--set",
+                    f"operator.allowedTokenURLs[0]={realm_url}",
+                ]
+            ),
+        }
+    )
+
+
 def _state_dir() -> Path | None:
     if STATE_LINK.is_symlink() or STATE_LINK.is_file():
         target = (
@@ -589,9 +812,13 @@ def _state_dir() -> Path | None:
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "env"
+    with_node = "--node" in argv[1:]
     existing = _state_dir()
     if command == "up":
         if existing and Environment.load(existing).alive():
+            if with_node and not Environment.load(existing).node:
+                print("the running environment has no node: run scripts/testenv down", file=sys.stderr)
+                return 1
             print(Environment.load(existing).exports())
             return 0
         if existing:
@@ -599,7 +826,10 @@ def main(argv: list[str]) -> int:
         if STATE_LINK.is_symlink():
             STATE_LINK.unlink()
         began = time.monotonic()
-        env = start()
+        if with_node and (reason := node.unavailable_reason()):
+            print(f"# no node: {reason}", file=sys.stderr)
+            with_node = False
+        env = start(with_node=with_node)
         STATE_LINK.symlink_to(env.directory)
         print(
             f"# environment up in {time.monotonic() - began:.1f}s: {env.timings}", file=sys.stderr
@@ -624,3 +854,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+

@@ -1,10 +1,15 @@
 """Leader election with a ``coordination.k8s.io/v1`` Lease, as client-go does it.
 
 Only the leader watches and refreshes. A standby polls every ``retry_period`` and
-takes the Lease once it has not been renewed for ``lease_duration``; a leader that
+takes the Lease once it has not seen it renewed for ``lease_duration``; a leader that
 cannot renew within ``renew_deadline`` stops (and is restarted as a standby), so two
 replicas never refresh at the same time. A clean shutdown releases the Lease, so the
 standby takes over at its next poll.
+
+Expiry is judged on this replica's own monotonic clock, from the moment it last saw
+the Lease record change, never by comparing the remote ``renewTime`` with the local
+wall clock: two nodes whose clocks disagree by more than the lease duration would
+otherwise both lead (or neither would). client-go's leaderelection does the same.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from itcare_operator.kube import Conflict, KubeClient, KubeError
@@ -29,12 +36,6 @@ def _micro(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 class LeaseElector:
     def __init__(
         self,
@@ -46,6 +47,7 @@ class LeaseElector:
         lease_duration: float = 15.0,
         renew_deadline: float = 10.0,
         retry_period: float = 2.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._kube = kube
         self.namespace = namespace
@@ -55,6 +57,13 @@ class LeaseElector:
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
         self._lease: dict[str, Any] | None = None
+        self._monotonic = monotonic
+        self._observed: tuple[Any, ...] | None = None
+        self._observed_at = 0.0
+        self.heartbeat = monotonic()
+        """Monotonic time of the last election attempt (liveness of a standby)."""
+        self.reachable = False
+        """Whether the last attempt reached the API server (readiness of a standby)."""
 
     async def _get(self) -> dict[str, Any] | None:
         return await self._kube.get_lease(self.namespace, self.name)
@@ -68,10 +77,30 @@ class LeaseElector:
             "leaseTransitions": transitions,
         }
 
+    def _expired(self, spec: dict[str, Any]) -> bool:
+        """Whether the holder has not renewed for its lease duration, by our clock."""
+        record = (
+            spec.get("holderIdentity"),
+            spec.get("renewTime"),
+            spec.get("acquireTime"),
+            spec.get("leaseTransitions"),
+        )
+        now = self._monotonic()
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+        duration = spec.get("leaseDurationSeconds") or self.lease_duration
+        return now > self._observed_at + float(duration)
+
     async def try_acquire(self) -> bool:
         """One attempt to take or renew the Lease."""
+        self.heartbeat = self._monotonic()
         now = dt.datetime.now(dt.UTC)
-        lease = await self._get()
+        try:
+            lease = await self._get()
+        except KubeError:
+            self.reachable = False
+            raise
+        self.reachable = True
         try:
             if lease is None:
                 body = {
@@ -85,10 +114,7 @@ class LeaseElector:
                 return True
             spec = lease.get("spec") or {}
             holder = spec.get("holderIdentity")
-            renewed = _parse(spec.get("renewTime"))
-            duration = spec.get("leaseDurationSeconds") or self.lease_duration
-            expired = renewed is None or now > renewed + dt.timedelta(seconds=duration)
-            if holder and holder != self.identity and not expired:
+            if holder and holder != self.identity and not self._expired(spec):
                 return False
             mine = holder == self.identity
             transitions = int(spec.get("leaseTransitions") or 0) + (0 if mine else 1)

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import kopf
+from kopf._core.engines.peering import Identity  # not re-exported; kopf.operator types it
 
 from itcare_operator import handlers  # noqa: F401 - registers the kopf handlers
 from itcare_operator._version import __version__
@@ -68,14 +69,27 @@ class Runtime:
             )
         self._lag_task: asyncio.Task[None] | None = None
         self.watches: list[Watch] = []
+        self.elector: LeaseElector | None = None
+        self.leading = False
         self.http = HttpServers(
             registry=self.metrics.registry,
-            heartbeat=lambda: self.controller.scheduler.heartbeat,
+            heartbeat=self.heartbeat,
             ready=self.ready,
         )
 
+    # A standby must answer its probes: it is alive while its election loop polls the
+    # Lease, and ready while that poll reaches the API server (it can take over). Were
+    # it unready, a rolling update would wait forever for the new pod, which cannot
+    # lead while the old one holds the Lease.
+    def heartbeat(self) -> float:
+        if self.leading or self.elector is None:
+            return self.controller.scheduler.heartbeat
+        return self.elector.heartbeat
+
     def ready(self) -> bool:
-        return all(w.synced.is_set() for w in self.watches)
+        if not self.leading:
+            return self.elector is not None and self.elector.reachable
+        return bool(self.watches) and all(w.synced.is_set() for w in self.watches)
 
     def _source_event(self, type_: str | None, secret: dict[str, Any]) -> None:
         self.controller.source_secret_event(type_, secret)
@@ -89,7 +103,12 @@ class Runtime:
         else:
             self.controller.target_secret_event(type_, secret)
 
+    async def serve_http(self) -> None:
+        await self.http.start(self.settings.health_port, self.settings.metrics_port)
+
     async def start(self) -> None:
+        self.leading = True
+        self.controller.scheduler.heartbeat = time.monotonic()
         source_selector = f"{SOURCE_LABEL}=true" if self.settings.require_source_label else ""
         target_selector = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
         for namespace in self.settings.namespaces or [None]:
@@ -130,7 +149,6 @@ class Runtime:
                 await self.cluster.delete_orphans()
             self.cluster.scheduler.start()
         self._lag_task = asyncio.create_task(self._measure_loop_lag(), name="loop-lag")
-        await self.http.start(self.settings.health_port, self.settings.metrics_port)
         log.info(
             "itcare-token-operator %s started (%s%s)",
             __version__,
@@ -174,16 +192,26 @@ class _Memo(kopf.Memo):
 
 async def _operate(settings: Settings) -> int:
     kube = KubeClient(threads=16)
+    runtime = Runtime(settings, kube)
     elector: LeaseElector | None = None
+    identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     if not settings.standalone:
         namespace = (
             os.environ.get("POD_NAMESPACE")
             or (settings.namespaces or (settings.operator_namespace,))[0]
         )
-        identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-        elector = LeaseElector(kube, namespace, settings.peering_name, identity)
-        await elector.acquire()
-    runtime = Runtime(settings, kube)
+        elector = runtime.elector = LeaseElector(
+            kube, namespace, settings.peering_name, identity
+        )
+    # Probes are served from the start: a standby waiting for the Lease is live.
+    await runtime.serve_http()
+    if elector is not None:
+        try:
+            await elector.acquire()
+        except BaseException:
+            await runtime.http.stop()
+            kube.close()
+            raise
     memo = _Memo(controller=runtime.controller)
     memo.runtime = runtime
     stop = memo.stop = asyncio.Event()
@@ -205,6 +233,9 @@ async def _operate(settings: Settings) -> int:
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),
             standalone=True,
+            # Given, not detected: kopf would ask getpass.getuser(), which raises for a
+            # uid without a passwd entry (the image runs as 65532, listed nowhere).
+            identity=Identity(identity),
             memo=memo,
             stop_flag=stop,
         )

@@ -1,0 +1,292 @@
+"""A real node beside the test control plane: containerd + runc + kubelet + kube-proxy.
+
+Pods live in network namespaces on a bridge of the node's own (``itcare0``,
+10.244.0.0/24). The host is 10.244.0.1 on that bridge: the API server advertises that
+address (pods reach it through the ``kubernetes`` Service, which kube-proxy maps), and
+a TLS front for Keycloak listens there. Nothing is masqueraded and IP forwarding is
+left as the machine has it, so no pod packet is routed out of the machine.
+
+Images come from ``scripts/build-components node|operator-image`` (no registry): a
+busybox image that is both the pod sandbox and the token consumer, and the operator
+image built from the repository's Dockerfile. Facts behind the settings are in the
+project's node field notes (``restrict_oom_score_adj``, cgroupfs on cgroup v1, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+NODE_NAME = "itcare-node"
+BRIDGE = "itcare0"
+POD_CIDR = "10.244.0.0/24"
+HOST_FROM_PODS = "10.244.0.1"
+# The kubelet's own default; tests may shorten it (ITCARE_NODE_SYNC_FREQUENCY) to run faster.
+DEFAULT_SYNC_FREQUENCY = "1m"
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def unavailable_reason() -> str | None:
+    """Why a node cannot run on this machine, or ``None`` when it can."""
+    if os.geteuid() != 0:
+        return "the node tier needs root (containerd, runc, network namespaces, iptables)"
+    if not Path("/proc/sys/net/bridge").exists() and not _modprobe("bridge"):
+        return "the kernel has no bridge support (needed for the pod network)"
+    for cgroup in ("cpu", "memory", "pids"):
+        if not Path(f"/sys/fs/cgroup/{cgroup}").exists() and not Path(
+            "/sys/fs/cgroup/cgroup.controllers"
+        ).exists():
+            return f"the kernel exposes no {cgroup} cgroup controller"
+    return None
+
+
+def _modprobe(module: str) -> bool:
+    """Load a module where modprobe exists (built-in features need none)."""
+    if shutil.which("modprobe") is None:
+        return False
+    return subprocess.run(["modprobe", module], capture_output=True).returncode == 0
+
+
+def run(*argv: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def build_images() -> dict[str, str]:
+    """Build (or find in the cache) the images; returns archive paths and references."""
+    script = str(ROOT / "scripts" / "build-components")
+    subprocess.run([script, "node"], check=True)
+    out = subprocess.run([script, "operator-image"], check=True, capture_output=True, text=True)
+    archive, ref = out.stdout.split()[-2:]
+    versions = _versions()
+    images = cache_dir() / f"images-{versions['NODE_IMAGES_VERSION']}"
+    return {
+        "operator_archive": archive,
+        "operator_image": ref,
+        "busybox_archive": str(images / "busybox.oci.tar"),
+        "busybox_image": versions["BUSYBOX_IMAGE"],
+    }
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ITCARE_CACHE", Path.home() / ".cache" / "itcare-operator"))
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for line in (ROOT / "scripts" / "versions.env").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def ensure_bridge() -> None:
+    """The pod bridge with the host's address on it; the API server binds to it."""
+    if run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+        run("ip", "link", "add", BRIDGE, "type", "bridge")
+    addrs = run("ip", "-4", "addr", "show", "dev", BRIDGE).stdout
+    if f"{HOST_FROM_PODS}/" not in addrs:
+        run("ip", "addr", "add", f"{HOST_FROM_PODS}/24", "dev", BRIDGE)
+    run("ip", "link", "set", BRIDGE, "up")
+    # Without it, traffic between two pods on the bridge skips kube-proxy's rules
+    # (a Service whose endpoint is a pod on the same bridge).
+    _modprobe("br_netfilter")
+    with contextlib.suppress(OSError):
+        Path("/proc/sys/net/bridge/bridge-nf-call-iptables").write_text("1\n")
+
+
+@dataclasses.dataclass
+class NodeConfig:
+    directory: Path
+    api_url: str  # as the kubelet and kube-proxy reach it
+    ca: Path
+    cert: Path
+    key: Path
+    busybox_image: str
+    sync_frequency: str = DEFAULT_SYNC_FREQUENCY
+
+    @property
+    def sock(self) -> Path:
+        return self.directory / "containerd" / "containerd.sock"
+
+
+def containerd_config(cfg: NodeConfig) -> str:
+    d = cfg.directory / "containerd"
+    return f"""version = 2
+root = "{d / "root"}"
+state = "{d / "state"}"
+[grpc]
+  address = "{cfg.sock}"
+[ttrpc]
+  address = "{cfg.sock}.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d / "opt"}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{cfg.busybox_image}"
+  # Root cannot lower oom_score_adj on these machines; the CRI asks -998 for sandboxes.
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cfg.directory / "cni" / "net.d"}"
+"""
+
+
+def cni_config(cfg: NodeConfig) -> dict[str, Any]:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "itcare-pods",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": True,
+                # No masquerade: a pod's packet never leaves the machine looking like ours.
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": str(cfg.directory / "cni" / "ipam"),
+                    "ranges": [[{"subnet": POD_CIDR, "rangeStart": "10.244.0.10"}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def kubelet_config(cfg: NodeConfig, port: int, healthz_port: int) -> dict[str, Any]:
+    d = cfg.directory / "kubelet"
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": HOST_FROM_PODS,
+        "port": port,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": healthz_port,
+        "cgroupDriver": "cgroupfs",
+        "failSwapOn": False,
+        "failCgroupV1": False,
+        "containerRuntimeEndpoint": f"unix://{cfg.sock}",
+        "staticPodPath": str(d / "manifests"),
+        "podLogsDir": str(d / "pod-logs"),
+        "resolvConf": "",
+        "enforceNodeAllocatable": [],
+        "cgroupsPerQOS": True,
+        "syncFrequency": cfg.sync_frequency,
+        "serializeImagePulls": False,
+        "imageGCHighThresholdPercent": 100,
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%"},
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": False},
+            "x509": {"clientCAFile": str(cfg.ca)},
+        },
+        "authorization": {"mode": "AlwaysAllow"},
+        "registerNode": True,
+        "maxPods": 60,
+    }
+
+
+def kube_proxy_config(cfg: NodeConfig, kubeconfig: Path, metrics: int, healthz: int) -> dict:
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "mode": "iptables",
+        "clusterCIDR": POD_CIDR,
+        "hostnameOverride": NODE_NAME,
+        "bindAddress": "127.0.0.1",
+        "metricsBindAddress": f"127.0.0.1:{metrics}",
+        "healthzBindAddress": f"127.0.0.1:{healthz}",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        # The machine's conntrack table size is not ours to change.
+        "conntrack": {"maxPerCore": 0, "min": 0},
+        "nodePortAddresses": [f"{HOST_FROM_PODS}/32"],
+    }
+
+
+def import_image(cfg: NodeConfig, archive: str) -> None:
+    run("ctr", "--address", str(cfg.sock), "-n", "k8s.io", "images", "import", archive)
+
+
+def stop_containers(sock: Path) -> None:
+    """Kill every container of this node's containerd (its shims outlive containerd)."""
+    if not sock.exists():
+        return
+    ctr = ["ctr", "--address", str(sock), "-n", "k8s.io"]
+    tasks = subprocess.run([*ctr, "tasks", "ls", "-q"], capture_output=True, text=True, timeout=30)
+    for task in tasks.stdout.split():
+        subprocess.run([*ctr, "tasks", "kill", "-s", "SIGKILL", task], capture_output=True)
+
+
+def kill_shims(sock: Path) -> None:
+    """containerd-shim processes started for ``sock`` (they daemonize away from us)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and b"containerd-shim" in cmdline[0] and str(sock).encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
+def unmount_under(directory: Path) -> None:
+    """Unmount what the kubelet and containerd mounted below ``directory`` (deepest first)."""
+    prefix = str(directory.resolve())
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for point in sorted({p for p in points if p.startswith(prefix)}, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def cleanup_network() -> None:
+    """Remove the bridge and kube-proxy's rules (the only host state the node changes)."""
+    run("ip", "link", "delete", BRIDGE, check=False)
+
+
+def wait_node_ready(kubectl: list[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            [*kubectl, "get", "node", NODE_NAME, "-o", "json"], capture_output=True, text=True
+        )
+        if out.returncode == 0:
+            node = json.loads(out.stdout)
+            for cond in node.get("status", {}).get("conditions", []):
+                if cond["type"] == "Ready":
+                    last = f"{cond['status']}: {cond.get('message', '')}"
+                    if cond["status"] == "True":
+                        return
+        time.sleep(1)
+    raise RuntimeError(f"node {NODE_NAME} not Ready after {timeout:.0f}s; last: {last}")
+
+
+def remove_tree(directory: Path) -> None:
+    unmount_under(directory)
+    shutil.rmtree(directory, ignore_errors=True)
