@@ -748,7 +748,16 @@ def _start_node(env: Environment, paths: dict[str, Path], images: dict[str, str]
     env.processes["kube-proxy"] = _spawn(
         "kube-proxy", [str(paths["kube-proxy"]), f"--config={d / 'kube-proxy.yaml'}", "--v=1"], d
     )
-    node.wait_node_ready([str(paths["kubectl"]), f"--kubeconfig={env.kubeconfig}"])
+    kubectl = [str(paths["kubectl"]), f"--kubeconfig={env.kubeconfig}"]
+    subprocess.run(
+        [*kubectl, "apply", "-f", "-"],
+        input=node.LOCAL_IMAGES_ONLY,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    node.wait_policy_effective(kubectl)
+    node.wait_node_ready(kubectl)
     env.timings["node_s"] = round(time.monotonic() - started, 2)
 
     front_port = free_port()
@@ -791,6 +800,8 @@ def _start_node(env: Environment, paths: dict[str, Path], images: dict[str, str]
                     f"tokenEndpointCA.pem={pki / 'ca.crt'}",
                     "--set",
                     f"operator.allowedTokenURLs[0]={realm_url}",
+                    "--set",
+                    f"operator.volumeDeliverySeconds={node.delivery_bound(cfg.sync_frequency)}",
                 ]
             ),
         }
@@ -817,7 +828,7 @@ def main(argv: list[str]) -> int:
     if command == "up":
         if existing and Environment.load(existing).alive():
             if with_node and not Environment.load(existing).node:
-                print("the running environment has no node: run scripts/testenv down", file=sys.stderr)
+                print("the running one has no node: scripts/testenv down", file=sys.stderr)
                 return 1
             print(Environment.load(existing).exports())
             return 0
@@ -854,4 +865,3 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-

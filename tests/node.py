@@ -14,16 +14,24 @@ project's node field notes (``restrict_oom_score_adj``, cgroupfs on cgroup v1, .
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import datetime as dt
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
 
 NODE_NAME = "itcare-node"
 BRIDGE = "itcare0"
@@ -34,6 +42,50 @@ DEFAULT_SYNC_FREQUENCY = "1m"
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# No pod may name an image from a registry: pulling one would reach outside the machine
+# (the chart's default image, in the tests that install the chart without running it).
+LOCAL_IMAGES_ONLY = """
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: itcare-test-local-images-only
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - apiGroups: [""]
+        apiVersions: ["v1"]
+        operations: ["CREATE", "UPDATE"]
+        resources: ["pods"]
+  validations:
+    - expression: >-
+        object.spec.containers.all(c, c.image.startsWith('localhost/')) &&
+        (!has(object.spec.initContainers) ||
+         object.spec.initContainers.all(c, c.image.startsWith('localhost/')))
+      message: the test node runs only images built on this machine (localhost/...)
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: itcare-test-local-images-only
+spec:
+  policyName: itcare-test-local-images-only
+  validationActions: [Deny]
+"""
+
+
+def delivery_bound(sync_frequency: str) -> int:
+    """The operator's ``--volume-delivery-seconds`` for a kubelet with this
+    ``syncFrequency``: the kubelet rewrites Secret volumes on its periodic pod sync, so a
+    write waits up to one period (plus the sync's own jitter and work), twice over margin."""
+    seconds = _duration(sync_frequency)
+    return int(2 * seconds + 5)
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(text[:-1]) * units[text[-1]]
+
 
 def unavailable_reason() -> str | None:
     """Why a node cannot run on this machine, or ``None`` when it can."""
@@ -42,9 +94,10 @@ def unavailable_reason() -> str | None:
     if not Path("/proc/sys/net/bridge").exists() and not _modprobe("bridge"):
         return "the kernel has no bridge support (needed for the pod network)"
     for cgroup in ("cpu", "memory", "pids"):
-        if not Path(f"/sys/fs/cgroup/{cgroup}").exists() and not Path(
-            "/sys/fs/cgroup/cgroup.controllers"
-        ).exists():
+        if (
+            not Path(f"/sys/fs/cgroup/{cgroup}").exists()
+            and not Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        ):
             return f"the kernel exposes no {cgroup} cgroup controller"
     return None
 
@@ -269,6 +322,18 @@ def cleanup_network() -> None:
     run("ip", "link", "delete", BRIDGE, check=False)
 
 
+def wait_policy_effective(kubectl: list[str], timeout: float = 30) -> None:
+    """Until the API server enforces LOCAL_IMAGES_ONLY (policies load asynchronously)."""
+    probe = [*kubectl, "run", "policy-probe", "--image=registry.invalid/probe:1"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([*probe, "--dry-run=server"], capture_output=True, text=True)
+        if out.returncode != 0 and "itcare-test-local-images-only" in out.stderr:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("the local-images-only admission policy is not enforced")
+
+
 def wait_node_ready(kubectl: list[str], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     last = ""
@@ -290,3 +355,150 @@ def wait_node_ready(kubectl: list[str], timeout: float = 120) -> None:
 def remove_tree(directory: Path) -> None:
     unmount_under(directory)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- application pods and what they read -------------------------------------------------
+
+# Consumer pods: read the token file every second, print when, which token (its
+# fingerprint, never the token) and its expiry.
+CONSUMER_SCRIPT = (
+    "while true; do "
+    'echo "$(date +%s) fp=$(sha256sum /var/run/itcare/access_token | cut -c1-12) '
+    'exp=$(cat /var/run/itcare/expires_at)"; '
+    "sleep 1; done"
+)
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": 65534,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def fingerprint(token: bytes) -> str:
+    return hashlib.sha256(token).hexdigest()[:12]
+
+
+def parse_time(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def consumer(image: str, name: str, *, sub_path: bool = False) -> dict[str, Any]:
+    """A Deployment that reads the token as users are told to (a Secret volume), or
+    through the ``subPath`` mount the docs warn about."""
+    mount: dict[str, Any] = {"name": "token", "mountPath": "/var/run/itcare", "readOnly": True}
+    mounts = [mount]
+    if sub_path:
+        mounts = [
+            {**mount, "mountPath": f"/var/run/itcare/{key}", "subPath": key}
+            for key in ("access_token", "expires_at")
+        ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "consumer",
+                            "image": image,
+                            "imagePullPolicy": "Never",
+                            "command": ["/bin/sh", "-c", CONSUMER_SCRIPT],
+                            "volumeMounts": mounts,
+                            "securityContext": RESTRICTED_CONTAINER,
+                        }
+                    ],
+                    "volumes": [{"name": "token", "secret": {"secretName": "itcare-token"}}],
+                },
+            },
+        },
+    }
+
+
+def secret_token(core: kubernetes.client.CoreV1Api, namespace: str) -> tuple[str, float] | None:
+    try:
+        data = core.read_namespaced_secret("itcare-token", namespace).data or {}
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    if "access_token" not in data:
+        return None
+    return (
+        fingerprint(base64.b64decode(data["access_token"])),
+        parse_time(base64.b64decode(data["expires_at"]).decode()),
+    )
+
+
+class SecretWatcher:
+    """Polls the target Secret from the host (5 times a second): when each token was
+    written, and whether an expired token was ever there."""
+
+    def __init__(self, core: kubernetes.client.CoreV1Api, namespace: str) -> None:
+        self.core, self.namespace = core, namespace
+        self.writes: list[tuple[float, str, float]] = []  # (seen at, fingerprint, expiry)
+        self.expired_seen: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(ApiException, OSError):
+                now = time.time()
+                current = secret_token(self.core, self.namespace)
+                if current is not None:
+                    fp, expiry = current
+                    if not self.writes or self.writes[-1][1] != fp:
+                        self.writes.append((now, fp, expiry))
+                    if expiry <= now:
+                        self.expired_seen.append((now, expiry))
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> SecretWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def consumer_reads(
+    kubectl: Callable[..., subprocess.CompletedProcess[str]], namespace: str, deployment: str
+) -> list[tuple[int, str, float]]:
+    out = kubectl("-n", namespace, "logs", f"deployment/{deployment}", "--tail=-1").stdout
+    reads = []
+    for line in out.splitlines():
+        parts = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)
+        if "fp" in parts and parts.get("exp"):
+            reads.append((int(line.split()[0]), parts["fp"], parse_time(parts["exp"])))
+    return reads
+
+
+def delivery_delays(
+    writes: list[tuple[float, str, float]], reads: list[tuple[int, str, float]]
+) -> list[float]:
+    """Seconds from each Secret write to the first read of that token *or a newer one*
+    (a kubelet that syncs less often than tokens change skips some), for the writes
+    after the consumer's first read. ``date +%s`` truncates: a read at ``t`` happened
+    within the second after it."""
+    if not reads:
+        return []
+    first_read = reads[0][0]
+    delays = []
+    for index, (seen, _, _) in enumerate(writes):
+        if seen <= first_read + 1:
+            continue
+        newer = {fp for _, fp, _ in writes[index:]}
+        got = [t for t, fp, _ in reads if fp in newer and t + 1 >= seen]
+        if got:
+            delays.append(max(0.0, min(got) + 0.5 - seen))
+    return delays

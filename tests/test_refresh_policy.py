@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -11,6 +12,7 @@ from itcare_operator.errors import FailureKind
 from itcare_operator.refresh_policy import (
     RefreshPolicy,
     backoff_delay,
+    margin_notice,
     next_refresh_at,
     refresh_margin,
 )
@@ -33,9 +35,42 @@ def test_override_is_used() -> None:
     assert next_refresh_at(T0, T0 + 1200 * S, T0, policy, rand=0.0) == T0 + 600 * S
 
 
-def test_override_below_a_minute_is_raised_to_kubelet_delivery() -> None:
+def test_override_below_the_delivery_bound_is_raised_to_it() -> None:
     policy = RefreshPolicy(refresh_before=dt.timedelta(seconds=30))
-    assert next_refresh_at(T0, T0 + 1200 * S, T0, policy, rand=0.0) == T0 + 1140 * S
+    assert next_refresh_at(T0, T0 + 1200 * S, T0, policy, rand=0.0) == T0 + 1080 * S
+    shorter = RefreshPolicy(refresh_before=30 * S, volume_delivery=25 * S)
+    assert next_refresh_at(T0, T0 + 1200 * S, T0, shorter, rand=0.0) == T0 + 1170 * S
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "before", "delivery", "says"),
+    [
+        # ITCare's 1200 s tokens with the defaults: nothing to report.
+        (1200, None, 120, None),
+        (1200, 400, 120, None),
+        # An override below the delivery bound is raised, and the status says so.
+        (1200, 30, 120, "refreshBeforeExpirySeconds 30 raised to 120"),
+        (1200, 119, 120, "refreshBeforeExpirySeconds 119 raised to 120"),
+        (1200, 120, 120, None),
+        # Tokens whose half-life is below the bound cannot reach volumes in time.
+        (120, None, 120, "tokens live 120 s"),
+        (239, None, 120, "tokens live 239 s"),
+        (240, None, 120, None),
+        # A faster kubelet (shorter syncFrequency) allows shorter tokens.
+        (60, None, 25, None),
+        (60, 10, 25, "refreshBeforeExpirySeconds 10 raised to 25"),
+        (40, None, 25, "tokens live 40 s"),
+    ],
+)
+def test_margin_notice(lifetime: int, before: int | None, delivery: int, says: str | None) -> None:
+    policy = RefreshPolicy(
+        refresh_before=None if before is None else before * S, volume_delivery=delivery * S
+    )
+    notice = margin_notice(lifetime * S, policy)
+    if says is None:
+        assert notice is None
+    else:
+        assert notice is not None and notice.startswith(says), notice
 
 
 def test_short_lifetime_refreshes_at_half() -> None:
@@ -61,8 +96,8 @@ def test_refresh_is_before_expiry_and_not_later_than_margin(
     expires = T0 + lifetime * S
     at = next_refresh_at(T0, expires, T0, policy, rand)
     assert T0 <= at < expires
-    # never later than 60 s before expiry (or half the lifetime for short tokens)
-    assert at <= expires - min(60 * S, lifetime * S / 2)
+    # never later than the delivery bound before expiry (or half of short lifetimes)
+    assert at <= expires - min(policy.volume_delivery, lifetime * S / 2)
     # jitter only earlier
     assert at <= next_refresh_at(T0, expires, T0, policy, 0.0)
 

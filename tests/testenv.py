@@ -28,7 +28,7 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from tests import environment
+from tests import environment, node
 from tests.environment import Environment, free_port
 from tests.proxy import KeycloakProxy
 
@@ -67,19 +67,42 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
+NO_NODE = pytest.StashKey[str]()
+
+
 @pytest.fixture(scope="session")
-def testenv() -> Iterator[Environment]:
+def testenv(request: pytest.FixtureRequest) -> Iterator[Environment]:
     state = os.environ.get("ITCARE_TESTENV_STATE")
     if state and (Path(state) / "state.json").exists():
         env = Environment.load(Path(state))
         if env.alive():
             yield env
             return
-    env = environment.start()
+    # A node only when a selected test runs on it, and only where it can run.
+    with_node = any(item.get_closest_marker("node") for item in request.session.items)
+    if with_node and (reason := node.unavailable_reason()):
+        request.config.stash[NO_NODE] = reason
+        with_node = False
+    # The node tier runs with a 10 s kubelet sync, so that ten refreshes of 60 s tokens
+    # fit in five minutes; the default (1 m) is measured by bench/delivery.py.
+    os.environ.setdefault("ITCARE_NODE_SYNC_FREQUENCY", "10s")
+    env = environment.start(with_node=with_node)
     try:
         yield env
     finally:
         env.stop(remove=not os.environ.get("ITCARE_KEEP_TESTENV"))
+
+
+@pytest.fixture(scope="session")
+def node_env(request: pytest.FixtureRequest, testenv: Environment) -> Environment:
+    """The environment, with its node; the node tier skips (never under CI) without one."""
+    if not testenv.node:
+        reason = request.config.stash.get(NO_NODE, "the running environment has no node")
+        message = f"no node: {reason}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message} (CI=true: the node tier must run)")
+        pytest.skip(message)
+    return testenv
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import sys
@@ -130,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="PEM CA bundle to verify token endpoints with",
     )
+    run.add_argument(
+        "--volume-delivery-seconds",
+        type=_positive_int,
+        default=None,
+        metavar="SECONDS",
+        help="longest time the kubelets take to update a Secret volume; the refresh "
+        "margin never goes below it (120; measured with the default syncFrequency 1m)",
+    )
     run.add_argument("--log-format", choices=("text", "json"), default=None)
     run.add_argument(
         "--log-level",
@@ -213,7 +222,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     log_format = str(pick(args.log_format, "log-format"))
     if log_format not in ("text", "json"):
         raise UsageError("log format must be text or json")
+    delivery = args.volume_delivery_seconds
+    if delivery is None and (raw := _env("volume-delivery-seconds")) is not None:
+        try:
+            delivery = _positive_int(raw)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise UsageError(f"{ENV_PREFIX}VOLUME_DELIVERY_SECONDS: invalid value") from None
     settings = Settings(
+        volume_delivery=(
+            defaults.volume_delivery if delivery is None else dt.timedelta(seconds=delivery)
+        ),
         namespaces=tuple(dict.fromkeys(namespaces)),
         metrics_port=int(pick(args.metrics_port, "metrics-port", int)),  # type: ignore[call-overload]
         health_port=int(pick(args.health_port, "health-port", int)),  # type: ignore[call-overload]

@@ -41,7 +41,12 @@ from itcare_operator.controller import (
 from itcare_operator.errors import CredentialError, FailureKind, Reason, TokenEndpointError
 from itcare_operator.kube import GROUP, VERSION, Conflict, KubeClient, KubeError, NotFound
 from itcare_operator.metrics import CLUSTER, Metrics
-from itcare_operator.refresh_policy import RefreshPolicy, backoff_delay, next_refresh_at
+from itcare_operator.refresh_policy import (
+    RefreshPolicy,
+    backoff_delay,
+    margin_notice,
+    next_refresh_at,
+)
 from itcare_operator.scheduler import Scheduler
 from itcare_operator.settings import Settings
 from itcare_operator.source_secret import credentials_from_secret
@@ -207,7 +212,13 @@ class ClusterController:
         if state.spec is None or generation != state.generation:
             state.generation = generation
             try:
-                state.spec = parse_cluster_spec(body.get("spec"))
+                parsed = parse_cluster_spec(body.get("spec"))
+                state.spec = dataclasses.replace(
+                    parsed,
+                    credential=dataclasses.replace(
+                        parsed.credential, volume_delivery=self.settings.volume_delivery
+                    ),
+                )
             except InvalidSpec as exc:
                 state.spec = exc
             self._index(state)
@@ -470,11 +481,13 @@ class ClusterController:
             token.received_at, token.expires_at, self._clock(), cred.policy, self._rand()
         )
         await self._fan_out(state, spec)
+        notice = margin_notice(token.expires_at - token.received_at, cred.policy)
         state.refreshed = Condition(
             "Refreshed",
             True,
             Reason.REFRESH_SUCCEEDED,
-            f"token obtained with {result.grant}; next refresh at {format_time(state.refresh_at)}",
+            f"token obtained with {result.grant}; next refresh at {format_time(state.refresh_at)}"
+            + (f"; {notice}" if notice else ""),
         )
         self.metrics.refreshed("", state.name, str(result.grant), CLUSTER)
         log.info(

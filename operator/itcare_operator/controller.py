@@ -28,7 +28,12 @@ from itcare_operator.errors import (
 )
 from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound
 from itcare_operator.metrics import Metrics
-from itcare_operator.refresh_policy import RefreshPolicy, backoff_delay, next_refresh_at
+from itcare_operator.refresh_policy import (
+    RefreshPolicy,
+    backoff_delay,
+    margin_notice,
+    next_refresh_at,
+)
 from itcare_operator.scheduler import Scheduler
 from itcare_operator.settings import Settings
 from itcare_operator.source_secret import SOURCE_LABEL, credentials_from_secret
@@ -206,6 +211,12 @@ class Controller:
         )
 
     # -- watch events --------------------------------------------------------------
+    def _parse(self, spec: Any) -> CredentialSpec:
+        """The spec, with the operator's delivery bound (a setting, not a spec field)."""
+        return dataclasses.replace(
+            parse_spec(spec), volume_delivery=self.settings.volume_delivery
+        )
+
     def credential_event(self, type_: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key: Key = (meta.get("namespace", ""), meta.get("name", ""))
@@ -349,7 +360,7 @@ class Controller:
         if secret is None or not is_owned(secret, state.uid):
             return
         try:
-            keys = parse_spec(state.body.get("spec")).keys
+            keys = self._parse(state.body.get("spec")).keys
         except InvalidSpec:
             return
         token = stored_token(secret, keys)
@@ -374,7 +385,7 @@ class Controller:
     async def reconcile(self, state: CredentialState) -> None:
         now = self._clock()
         try:
-            spec = parse_spec(state.body.get("spec"))
+            spec = self._parse(state.body.get("spec"))
         except InvalidSpec as exc:
             state.force = False
             await self._failed(state, None, exc, now, retry=False)
@@ -527,11 +538,13 @@ class Controller:
             self.scheduler.schedule(state.key, time.time() + 2)
             return
         now = self._clock()
+        notice = margin_notice(token.expires_at - token.received_at, spec.policy)
         state.refreshed = Condition(
             "Refreshed",
             True,
             Reason.REFRESH_SUCCEEDED,
-            f"token obtained with {result.grant}; next refresh at {format_time(state.refresh_at)}",
+            f"token obtained with {result.grant}; next refresh at {format_time(state.refresh_at)}"
+            + (f"; {notice}" if notice else ""),
         )
         self.metrics.refreshed(state.namespace, state.name, str(result.grant))
         log.info(
@@ -549,6 +562,8 @@ class Controller:
                 f"token written to Secret {spec.target_name}, "
                 f"expires at {format_time(token.expires_at)}",
             )
+            if notice:
+                await self._event(state, "Warning", "RefreshMarginTooShort", notice)
         elif recovered:
             await self._event(
                 state,

@@ -7,8 +7,13 @@ Rules
 -----
 * Refresh when ``margin`` seconds of validity remain. ``margin`` is
   ``refreshBeforeExpirySeconds`` when set, else one third of the lifetime; it is
-  never less than ``min(60 s, lifetime / 2)`` (the kubelet needs up to a minute to
-  deliver a new Secret to pods) and never more than 90 % of the lifetime.
+  never more than 90 % of the lifetime, and never less than the *delivery floor*
+  ``min(volume_delivery, lifetime / 2)``: a pod reads the Secret through a volume
+  that the kubelet updates only on its periodic pod sync, up to ``volume_delivery``
+  after the write (measured on a real node, see docs/consuming-tokens.md). A margin
+  below the floor is raised to it, and :func:`margin_notice` says so; a token whose
+  half-life is shorter than the delivery bound cannot be delivered in time, which
+  :func:`margin_notice` reports too.
 * Jitter only moves a refresh *earlier*, by up to 10 % of the time before the
   refresh point, so credentials created together spread out but none is late.
 * After a failure, retry with exponential backoff and jitter, bounded by the
@@ -26,9 +31,16 @@ import datetime as dt
 
 from itcare_operator.errors import FailureKind
 
-__all__ = ["RefreshPolicy", "backoff_delay", "next_refresh_at", "refresh_margin"]
+__all__ = [
+    "DEFAULT_VOLUME_DELIVERY",
+    "RefreshPolicy",
+    "backoff_delay",
+    "margin_notice",
+    "next_refresh_at",
+    "refresh_margin",
+]
 
-KUBELET_DELIVERY = dt.timedelta(seconds=60)
+DEFAULT_VOLUME_DELIVERY = dt.timedelta(seconds=120)
 JITTER_FRACTION = 0.10
 
 
@@ -38,6 +50,10 @@ class RefreshPolicy:
 
     refresh_before: dt.timedelta | None = None
     """``spec.refreshBeforeExpirySeconds``; ``None``: one third of the lifetime."""
+
+    volume_delivery: dt.timedelta = DEFAULT_VOLUME_DELIVERY
+    """Longest time the kubelet takes to put a written Secret into pods' volumes (its
+    ``syncFrequency``, 1 min by default, plus the time to the next pod sync)."""
 
     transient_base: float = 2.0
     """First retry delay after a transient failure, in seconds."""
@@ -63,7 +79,32 @@ def refresh_margin(lifetime: dt.timedelta, policy: RefreshPolicy) -> dt.timedelt
     """How long before expiry a token of this lifetime is refreshed (before jitter)."""
     margin = policy.refresh_before if policy.refresh_before is not None else lifetime / 3
     margin = min(margin, lifetime * 0.9)
-    return max(margin, min(KUBELET_DELIVERY, lifetime / 2))
+    return max(margin, delivery_floor(lifetime, policy))
+
+
+def delivery_floor(lifetime: dt.timedelta, policy: RefreshPolicy) -> dt.timedelta:
+    """The least margin that lets the kubelet deliver a token before the old one expires
+    (capped at half the lifetime: a token must serve at least that long)."""
+    return min(policy.volume_delivery, lifetime / 2)
+
+
+def margin_notice(lifetime: dt.timedelta, policy: RefreshPolicy) -> str | None:
+    """Why the refresh margin is not what the spec asked for, or cannot be enough."""
+    floor = delivery_floor(lifetime, policy)
+    delivery = policy.volume_delivery.total_seconds()
+    if lifetime / 2 < policy.volume_delivery:
+        return (
+            f"tokens live {lifetime.total_seconds():.0f} s: pods reading the Secret as a "
+            f"volume get a new token up to {delivery:.0f} s after it is written, so they "
+            f"may read an expired one (refresh {floor.total_seconds():.0f} s before expiry)"
+        )
+    if policy.refresh_before is not None and policy.refresh_before < floor:
+        return (
+            f"refreshBeforeExpirySeconds {policy.refresh_before.total_seconds():.0f} raised "
+            f"to {floor.total_seconds():.0f}: the kubelet takes up to {delivery:.0f} s to "
+            "deliver a Secret to pods"
+        )
+    return None
 
 
 def next_refresh_at(

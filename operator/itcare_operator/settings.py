@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+
+from itcare_operator.refresh_policy import DEFAULT_VOLUME_DELIVERY
 
 __all__ = ["DEFAULT_ALLOWED_TOKEN_URL", "Settings"]
 
@@ -56,6 +59,10 @@ class Settings:
     allowed_source_namespaces: tuple[str, ...] = ()
     """Namespaces a ClusterITCareCredential may read its API account from;
     empty: the operator's own namespace."""
+
+    volume_delivery: dt.timedelta = DEFAULT_VOLUME_DELIVERY
+    """Longest time the cluster's kubelets take to put a written Secret into pod volumes;
+    the refresh margin never goes below it (``--volume-delivery-seconds``)."""
 
     operator_namespace: str = "default"
     """The operator's own namespace (``POD_NAMESPACE``): Lease, cluster-scoped events."""

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from itcare_operator.errors import CredentialError, Reason
-from itcare_operator.refresh_policy import RefreshPolicy
+from itcare_operator.refresh_policy import DEFAULT_VOLUME_DELIVERY, RefreshPolicy
 from itcare_operator.selector import InvalidSelector, LabelSelector, parse_selector
 from itcare_operator.token_endpoint import DEFAULT_TOKEN_URL, Grant
 
@@ -60,10 +60,14 @@ class CredentialSpec:
     target_annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
     keys: SecretKeys = SecretKeys()
     suspend: bool = False
+    volume_delivery: dt.timedelta = DEFAULT_VOLUME_DELIVERY
+    """Not in the spec: the operator's ``--volume-delivery-seconds``."""
 
     @property
     def policy(self) -> RefreshPolicy:
-        return RefreshPolicy(refresh_before=self.refresh_before)
+        return RefreshPolicy(
+            refresh_before=self.refresh_before, volume_delivery=self.volume_delivery
+        )
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:

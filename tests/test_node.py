@@ -1,0 +1,508 @@
+"""The user's path on a real node: ``helm install`` runs the chart's image as pods, and
+application pods read the token from the Secret volume.
+
+The environment's node (``tests/node.py``) runs the operator image built from our
+Dockerfile; the pods reach the API server through the ``kubernetes`` Service and
+Keycloak through a TLS front at the node's bridge address. Tokens of the realm's
+``itcare-node`` client live 60 s, so ten refreshes take about five minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shlex
+import statistics
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from tests.environment import Environment
+from tests.node import (
+    SecretWatcher,
+    consumer,
+    consumer_reads,
+    delivery_delays,
+    secret_token,
+)
+from tests.test_chart import CHART, CLUSTER_PLURAL, adopt_crd
+from tests.testenv import (
+    GROUP,
+    PLURAL,
+    SOURCE_LABEL,
+    VERSION,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.env, pytest.mark.node]
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+CLIENT = "itcare-node"
+LIFETIME = 60.0
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
+
+
+# -- fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def apps(node_env: Environment, core: kubernetes.client.CoreV1Api) -> kubernetes.client.AppsV1Api:
+    return kubernetes.client.AppsV1Api(core.api_client)
+
+
+@pytest.fixture(scope="module")
+def node_helm(node_env: Environment, helm: Run) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``helm`` with the arguments this environment needs (image, CA, allowed URL)."""
+    extra = shlex.split(node_env.node["helm_args"])
+
+    def run(command: str, release: str, namespace: str, *args: str) -> Any:
+        base = [command, release, str(CHART), "--namespace", namespace, *extra]
+        return helm(*base, "--set", "operator.logFormat=json", *args)
+
+    return run
+
+
+def make_namespace(core: kubernetes.client.CoreV1Api, prefix: str, **labels: str) -> str:
+    name = f"{prefix}-{secrets.token_hex(3)}"
+    core.create_namespace({"metadata": {"name": name, "labels": {**RESTRICTED, **labels}}})
+    return name
+
+
+def api_account(core: kubernetes.client.CoreV1Api, namespace: str, realm: dict[str, Any]) -> None:
+    client = realm["clients"][CLIENT]
+    core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "api-account", "labels": SOURCE_LABEL},
+            "stringData": {
+                "client-id": client["client_id"],
+                "client-secret": client["client_secret"],
+            },
+        },
+    )
+
+
+def credential(custom: Any, namespace: str, token_url: str, name: str = "app") -> None:
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ITCareCredential",
+            "metadata": {"name": name},
+            "spec": {
+                "clientSecretRef": {"name": "api-account"},
+                "tokenURL": token_url,
+                "targetSecret": {"name": "itcare-token"},
+            },
+        },
+    )
+
+
+def pods(core: kubernetes.client.CoreV1Api, namespace: str, selector: str = "") -> list[Any]:
+    return list(core.list_namespaced_pod(namespace, label_selector=selector).items)
+
+
+def operator_pods(core: kubernetes.client.CoreV1Api, namespace: str) -> list[Any]:
+    return pods(core, namespace, "app.kubernetes.io/name=itcare-token-operator")
+
+
+def ready(pod: Any) -> bool:
+    return (
+        any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+        and pod.metadata.deletion_timestamp is None
+    )
+
+
+def restarts(pod: Any) -> int:
+    return sum(c.restart_count for c in pod.status.container_statuses or [])
+
+
+def crash_looping(pod: Any) -> bool:
+    return any(
+        c.state.waiting is not None and c.state.waiting.reason == "CrashLoopBackOff"
+        for c in pod.status.container_statuses or []
+    )
+
+
+def wait_pods_ready(
+    core: kubernetes.client.CoreV1Api, namespace: str, count: int, timeout: float = 180
+) -> list[Any]:
+    def check() -> list[Any] | None:
+        found = [p for p in operator_pods(core, namespace) if ready(p)]
+        return found if len(found) == count else None
+
+    return wait_for(f"{count} operator pod(s) Ready in {namespace}", check, timeout, 1.0)
+
+
+def lease_holder(coordination: Any, namespace: str) -> str:
+    lease = coordination.read_namespaced_lease("itcare-token-operator", namespace)
+    return str(lease.spec.holder_identity or "")
+
+
+# -- 1. default install + 3. application pods ------------------------------------------
+
+
+def test_default_install_serves_application_pods(
+    node_env: Environment,
+    core: kubernetes.client.CoreV1Api,
+    custom: kubernetes.client.CustomObjectsApi,
+    apps: kubernetes.client.AppsV1Api,
+    kubectl: Run,
+    helm: Run,
+    node_helm: Run,
+    realm: dict[str, Any],
+    record_property: Callable[[str, object], None],
+) -> None:
+    """The chart's defaults, in a namespace enforcing the restricted profile: the pod
+    runs with zero restarts for more than two token lifetimes, serves /metrics, logs JSON;
+    consumer pods with a Secret volume get each new token and never read an expired one;
+    a subPath mount never updates (the documented pitfall)."""
+    system = make_namespace(core, "itcare-system")
+    team = make_namespace(core, "team")
+    release = f"itop-{secrets.token_hex(3)}"
+    adopt_crd(kubectl, release, system)
+    try:
+        node_helm("install", release, system)
+        (pod,) = wait_pods_ready(core, system, 1)
+        api_account(core, team, realm)
+        credential(custom, team, node_env.node["pod_token_url"])
+        for deployment in (
+            consumer(node_env.node["consumer_image"], "reader"),
+            consumer(node_env.node["consumer_image"], "subpath-reader", sub_path=True),
+        ):
+            apps.create_namespaced_deployment(team, deployment)
+        started = time.time()
+        with SecretWatcher(core, team) as watcher:
+            wait_for("the first token", lambda: watcher.writes, 60)
+            wait_for(
+                "both consumers reading",
+                lambda: all(consumer_reads(kubectl, team, d) for d in ("reader", "subpath-reader")),
+                120,
+                2.0,
+            )
+            # /metrics through the pod, from outside it.
+            pod_ip = pod.status.pod_ip
+            with urllib.request.urlopen(f"http://{pod_ip}:9090/metrics", timeout=10) as resp:
+                metrics = resp.read().decode()
+            assert "itcare_token_ready" in metrics
+            assert f'namespace="{team}"' in metrics
+            # Ten refreshes after the consumers started reading, and two lifetimes at least.
+            wait_for(
+                "ten refreshes",
+                lambda: len(watcher.writes) >= 11 and time.time() - started > 2 * LIFETIME,
+                14 * LIFETIME,
+                1.0,
+            )
+            time.sleep(25)  # the last token's delivery, then read the consumers
+        reads = consumer_reads(kubectl, team, "reader")
+        stuck = consumer_reads(kubectl, team, "subpath-reader")
+        (after,) = operator_pods(core, system)
+
+        # The operator pod: same pod, never restarted, logs are JSON.
+        assert after.metadata.uid == pod.metadata.uid
+        assert restarts(after) == 0, f"operator restarted {restarts(after)} times"
+        logs = kubectl("-n", system, "logs", after.metadata.name).stdout.splitlines()
+        assert logs and all(json.loads(line)["message"] for line in logs)
+        assert any("token refreshed" in json.loads(line)["message"] for line in logs), (
+            "no refresh logged"
+        )
+
+        # The consumer with a volume saw every token the operator wrote after it started,
+        # and never held an expired one.
+        assert not watcher.expired_seen, f"the Secret held an expired token: {watcher.expired_seen}"
+        expired_reads = [(t, exp) for t, _, exp in reads if t >= exp]
+        assert not expired_reads, f"the consumer read an expired token: {expired_reads[:5]}"
+        delays = delivery_delays(watcher.writes, reads)
+        assert len(delays) >= 9, f"only {len(delays)} refreshes observed by the consumer"
+        p50, worst = statistics.median(delays), max(delays)
+        record_property("delivery_delay_p50_s", round(p50, 1))
+        record_property("delivery_delay_max_s", round(worst, 1))
+        record_property("sync_frequency", node_env.node["sync_frequency"])
+        print(
+            f"\nkubelet delivery (syncFrequency {node_env.node['sync_frequency']}): "
+            f"{len(delays)} refreshes, p50 {p50:.1f} s, max {worst:.1f} s"
+        )
+
+        # The subPath consumer kept the token it started with, after it expired.
+        assert len({fp for _, fp, _ in stuck}) == 1, "a subPath mount was updated"
+        assert stuck[-1][0] > stuck[-1][2], "the subPath consumer's token had not expired yet"
+    finally:
+        helm("uninstall", release, "--namespace", system, "--wait", check=False)
+        for ns in (team, system):
+            with contextlib.suppress(ApiException):
+                core.delete_namespace(ns)
+
+
+# -- 2. two replicas ----------------------------------------------------------------------
+
+
+def test_two_replicas_take_over_without_restarts(
+    node_env: Environment,
+    core: kubernetes.client.CoreV1Api,
+    custom: kubernetes.client.CustomObjectsApi,
+    kubectl: Run,
+    helm: Run,
+    node_helm: Run,
+    realm: dict[str, Any],
+    record_property: Callable[[str, object], None],
+) -> None:
+    """``replicaCount: 2``: both pods Running and Ready (the standby is live), a PDB;
+    the leader deleted gracefully, then the new leader force-killed: the other takes
+    over within the Lease bound, no token is written twice for one refresh, none
+    expires, no pod restarts."""
+    system = make_namespace(core, "itcare-system")
+    team = make_namespace(core, "team")
+    release = f"itop-{secrets.token_hex(3)}"
+    adopt_crd(kubectl, release, system)
+    coordination = kubernetes.client.CoordinationV1Api(core.api_client)
+    policy = kubernetes.client.PolicyV1Api(core.api_client)
+    try:
+        node_helm("install", release, system, "--set", "replicaCount=2")
+        wait_pods_ready(core, system, 2)
+        assert policy.list_namespaced_pod_disruption_budget(system).items, "no PDB rendered"
+        api_account(core, team, realm)
+        credential(custom, team, node_env.node["pod_token_url"])
+        with SecretWatcher(core, team) as watcher:
+            wait_for("the first token", lambda: watcher.writes, 60)
+            # A standby that served no probes was killed by its liveness probe within a
+            # minute (3 failures, 20 s apart): watch both pods for longer than that.
+            time.sleep(70)
+            both = operator_pods(core, system)
+            assert len(both) == 2 and all(ready(p) and restarts(p) == 0 for p in both), [
+                (p.metadata.name, ready(p), restarts(p)) for p in both
+            ]
+            takeovers = {}
+            for how in ("graceful", "forced"):
+                holder = lease_holder(coordination, system)
+                leader = next(p for p in both if holder.startswith(p.metadata.name + "_"))
+                args = ["--grace-period=0", "--force"] if how == "forced" else []
+                began = time.time()
+                kubectl("-n", system, "delete", "pod", leader.metadata.name, "--wait=false", *args)
+                new = wait_for(
+                    f"a new Lease holder after the {how} deletion",
+                    lambda h=holder: (
+                        (lease_holder(coordination, system) or h) != h
+                        and lease_holder(coordination, system)
+                    ),
+                    60,
+                    0.2,
+                )
+                takeovers[how] = time.time() - began
+                assert not new.startswith(leader.metadata.name + "_")
+                both = wait_pods_ready(core, system, 2)
+            time.sleep(LIFETIME)  # the refreshes after the second takeover
+        record_property("takeover_graceful_s", round(takeovers["graceful"], 1))
+        record_property("takeover_forced_s", round(takeovers["forced"], 1))
+        print(
+            f"\ntakeover: graceful {takeovers['graceful']:.1f} s,"
+            f" forced {takeovers['forced']:.1f} s"
+        )
+        # Lease duration 15 s, polled every 2 s.
+        assert takeovers["graceful"] < 10, takeovers
+        assert takeovers["forced"] < 15 + 2 + 5, takeovers
+        assert not watcher.expired_seen, watcher.expired_seen
+        # One write per refresh: consecutive tokens at least a third of a lifetime apart
+        # (the refresh point is a third to half of the lifetime before expiry).
+        gaps = [b[0] - a[0] for a, b in zip(watcher.writes, watcher.writes[1:], strict=False)]
+        assert gaps and min(gaps) > LIFETIME / 4, f"a token written twice: gaps {gaps}"
+        final = operator_pods(core, system)
+        assert all(restarts(p) == 0 and not crash_looping(p) for p in final), [
+            (p.metadata.name, restarts(p)) for p in final
+        ]
+    finally:
+        helm("uninstall", release, "--namespace", system, "--wait", check=False)
+        for ns in (team, system):
+            with contextlib.suppress(ApiException):
+                core.delete_namespace(ns)
+
+
+# -- 4. other modes -------------------------------------------------------------------------
+
+
+def test_namespaced_install_serves_its_namespace(
+    node_env: Environment,
+    core: kubernetes.client.CoreV1Api,
+    custom: kubernetes.client.CustomObjectsApi,
+    helm: Run,
+    node_helm: Run,
+    realm: dict[str, Any],
+) -> None:
+    """``examples/values-namespaced.yaml``: a Role in each watched namespace, nothing
+    cluster-wide but the CRD; a credential in a watched namespace is served."""
+    system = make_namespace(core, "itcare-system")
+    team = make_namespace(core, "team")
+    release = f"itop-{secrets.token_hex(3)}"
+    try:
+        node_helm(
+            "install",
+            release,
+            system,
+            "-f",
+            str(CHART.parent.parent / "examples" / "values-namespaced.yaml"),
+            "--set",
+            f"operator.watchNamespaces[0]={team}",
+            "--set",
+            "crds.enabled=false",
+        )
+        wait_pods_ready(core, system, 1)
+        api_account(core, team, realm)
+        credential(custom, team, node_env.node["pod_token_url"])
+        _, expiry = wait_for("a token", lambda: secret_token(core, team), 60)
+        assert expiry > time.time()
+    finally:
+        helm("uninstall", release, "--namespace", system, "--wait", check=False)
+        for ns in (team, system):
+            with contextlib.suppress(ApiException):
+                core.delete_namespace(ns)
+
+
+def test_cluster_credentials_mode_copies_the_token(
+    node_env: Environment,
+    core: kubernetes.client.CoreV1Api,
+    custom: kubernetes.client.CustomObjectsApi,
+    kubectl: Run,
+    helm: Run,
+    node_helm: Run,
+    realm: dict[str, Any],
+) -> None:
+    """``clusterCredentials.enabled``: one API account in the operator's namespace, the
+    token copied to every selected namespace."""
+    system = make_namespace(core, "itcare-system")
+    label = secrets.token_hex(3)
+    teams = [make_namespace(core, "team", **{"itcare-test/node": label}) for _ in range(2)]
+    release = f"itop-{secrets.token_hex(3)}"
+    adopt_crd(kubectl, release, system)
+    name = f"node-{label}"
+    try:
+        node_helm("install", release, system, "--set", "clusterCredentials.enabled=true")
+        kubectl("wait", "--for=condition=Established", f"crd/{CLUSTER_PLURAL}.{GROUP}")
+        wait_pods_ready(core, system, 1)
+        api_account(core, system, realm)
+        custom.create_cluster_custom_object(
+            GROUP,
+            VERSION,
+            CLUSTER_PLURAL,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ClusterITCareCredential",
+                "metadata": {"name": name},
+                "spec": {
+                    "clientSecretRef": {"name": "api-account", "namespace": system},
+                    "tokenURL": node_env.node["pod_token_url"],
+                    "targetSecret": {"name": "itcare-token"},
+                    "namespaceSelector": {"matchLabels": {"itcare-test/node": label}},
+                },
+            },
+        )
+        copies = [
+            wait_for(f"a token in {ns}", lambda ns=ns: secret_token(core, ns), 60) for ns in teams
+        ]
+        assert len({fp for fp, _ in copies}) == 1, "the copies differ"
+    finally:
+        with contextlib.suppress(ApiException):
+            custom.delete_cluster_custom_object(GROUP, VERSION, CLUSTER_PLURAL, name)
+        with contextlib.suppress(AssertionError):
+            wait_for(
+                "the cluster credential deleted",
+                lambda: (
+                    not any(
+                        i["metadata"]["name"] == name
+                        for i in custom.list_cluster_custom_object(GROUP, VERSION, CLUSTER_PLURAL)[
+                            "items"
+                        ]
+                    )
+                ),
+                30,
+            )
+        helm("uninstall", release, "--namespace", system, "--wait", check=False)
+        for ns in (*teams, system):
+            with contextlib.suppress(ApiException):
+                core.delete_namespace(ns)
+
+
+# -- 5. upgrade and uninstall ---------------------------------------------------------------
+
+
+def test_upgrade_keeps_tokens_valid_and_uninstall_keeps_the_secret(
+    node_env: Environment,
+    core: kubernetes.client.CoreV1Api,
+    custom: kubernetes.client.CustomObjectsApi,
+    kubectl: Run,
+    helm: Run,
+    node_helm: Run,
+    realm: dict[str, Any],
+) -> None:
+    """``helm upgrade`` to changed values and a changed image tag rolls the pod (a new
+    one waits as standby, then leads) with every token valid throughout; ``helm
+    uninstall`` keeps the CRD, the credentials and their target Secrets (chart README):
+    the last token stays in place until it expires."""
+    system = make_namespace(core, "itcare-system")
+    team = make_namespace(core, "team")
+    release = f"itop-{secrets.token_hex(3)}"
+    adopt_crd(kubectl, release, system)
+    image = node_env.node["operator_image"]
+    repository, _, tag = image.rpartition(":")
+    retagged = f"{repository}:{tag}-upgrade"
+    sock = node_env.node["containerd_sock"]
+    subprocess.run(
+        ["ctr", "--address", sock, "-n", "k8s.io", "images", "tag", "--force", image, retagged],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        node_helm("install", release, system)
+        (old,) = wait_pods_ready(core, system, 1)
+        api_account(core, team, realm)
+        credential(custom, team, node_env.node["pod_token_url"])
+        with SecretWatcher(core, team) as watcher:
+            wait_for("the first token", lambda: watcher.writes, 60)
+            node_helm(
+                "upgrade",
+                release,
+                system,
+                "--set",
+                f"image.tag={tag}-upgrade",
+                "--set",
+                "operator.logLevel=DEBUG",
+            )
+            (new,) = wait_for(
+                "the upgraded pod alone",
+                lambda: (
+                    [
+                        p
+                        for p in wait_pods_ready(core, system, 1)
+                        if p.spec.containers[0].image == retagged
+                    ]
+                    or None
+                ),
+                180,
+                1.0,
+            )
+            assert new.metadata.uid != old.metadata.uid
+            time.sleep(LIFETIME)  # a refresh by the new pod
+        assert not watcher.expired_seen, watcher.expired_seen
+        assert len(watcher.writes) >= 2, "no refresh after the upgrade"
+        assert restarts(new) == 0
+
+        helm("uninstall", release, "--namespace", system, "--wait")
+        wait_for("the operator pods gone", lambda: not operator_pods(core, system), 60)
+        # As the chart README says: the CRD (crds.keep), the credential and its Secret stay.
+        kubectl("get", f"crd/{PLURAL}.{GROUP}")
+        custom.get_namespaced_custom_object(GROUP, VERSION, team, PLURAL, "app")
+        kept = secret_token(core, team)
+        assert kept is not None and kept[0] == watcher.writes[-1][1]
+    finally:
+        helm("uninstall", release, "--namespace", system, "--wait", check=False)
+        for ns in (team, system):
+            with contextlib.suppress(ApiException):
+                core.delete_namespace(ns)
