@@ -30,6 +30,29 @@ Two RBAC modes: cluster-wide (default, a ClusterRole) or namespaced
 is rendered from the repository's `crds/` and kept on uninstall (`crds.keep`).
 The pod runs with the restricted PodSecurity profile.
 
+## Replicas, probes and upgrades
+
+With `replicaCount` > 1 the replicas elect a leader through a `coordination.k8s.io`
+Lease (15 s, renewed every 2 s); only the leader refreshes. Every replica serves
+`/healthz` and `/readyz` from its start: a standby is live while it polls the Lease and
+ready while it reaches the API server; the leader is ready once its initial listing is
+done. A PodDisruptionBudget (`minAvailable: 1`) is rendered when `replicaCount` > 1.
+Measured on a real node (`tests/test_node.py`): a leader deleted normally hands over at
+once (it releases the Lease), a leader killed outright within the Lease duration plus
+one poll (about 17 s); stored tokens stay valid throughout and the new leader mints none
+while they are. `helm upgrade` rolls the pods one at a time (`maxSurge: 1`,
+`maxUnavailable: 0`): the new pod waits as standby until the old one releases the Lease.
+
+## Uninstall
+
+`helm uninstall` removes the operator, not what it made: the CRDs stay (`crds.keep`),
+so do the ITCareCredentials and their target Secrets, holding the last token. Nothing
+refreshes them any more: applications keep working until that token expires (at most
+its lifetime, 20 minutes for ITCare), then get 401s. Reinstalling the chart resumes
+refreshing (the stored tokens are reused while valid). Deleting an ITCareCredential
+deletes its target Secret (owner reference); deleting the CRD deletes every
+credential and so every target Secret.
+
 ## Values
 
 Generated from the comments in `values.yaml` by `scripts/chart_docs.py`.

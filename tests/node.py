@@ -474,7 +474,8 @@ class SecretWatcher:
 def consumer_reads(
     kubectl: Callable[..., subprocess.CompletedProcess[str]], namespace: str, deployment: str
 ) -> list[tuple[int, str, float]]:
-    out = kubectl("-n", namespace, "logs", f"deployment/{deployment}", "--tail=-1").stdout
+    proc = kubectl("-n", namespace, "logs", f"deployment/{deployment}", "--tail=-1", check=False)
+    out = proc.stdout if proc.returncode == 0 else ""  # not started yet
     reads = []
     for line in out.splitlines():
         parts = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)

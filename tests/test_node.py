@@ -190,12 +190,21 @@ def test_default_install_serves_application_pods(
                 120,
                 2.0,
             )
-            # /metrics through the pod, from outside it.
-            pod_ip = pod.status.pod_ip
-            with urllib.request.urlopen(f"http://{pod_ip}:9090/metrics", timeout=10) as resp:
-                metrics = resp.read().decode()
-            assert "itcare_token_ready" in metrics
-            assert f'namespace="{team}"' in metrics
+            # /metrics through the pod, from outside it: the credential is ready there.
+            def ready_series() -> list[str]:
+                url = f"http://{pod.status.pod_ip}:9090/metrics"
+                with urllib.request.urlopen(url, timeout=10) as resp:
+                    lines = resp.read().decode().splitlines()
+                return [
+                    line
+                    for line in lines
+                    if line.startswith("itcare_credential_ready{")
+                    and f'namespace="{team}"' in line
+                    and 'name="app"' in line
+                    and line.endswith(" 1.0")
+                ]
+
+            wait_for("the ready gauge on the pod's /metrics", ready_series, 30)
             # Ten refreshes after the consumers started reading, and two lifetimes at least.
             wait_for(
                 "ten refreshes",
