@@ -108,6 +108,9 @@ def test_lint_strict(helm: Helm, values: Path) -> None:
         "metrics: {port: 70000}",
         "unknownTopLevel: 1",
         "operator: {allowedTokenURLs: [ftp://x]}",
+        "image: {digest: latest}",
+        "tokenEndpointCA: {pem: not-a-certificate}",
+        "operator: {volumeDeliverySeconds: 0}",
     ],
 )
 def test_bad_values_are_rejected(helm: Helm, tmp_path: Path, bad: str) -> None:
@@ -190,6 +193,68 @@ def test_monitoring_render(helm: Helm) -> None:
     # Without force and without the API, neither renders.
     plain = render(helm, "--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true")
     assert not of_kind(plain, "ServiceMonitor") and not of_kind(plain, "PrometheusRule")
+
+
+def test_pdb_follows_the_replica_count(helm: Helm) -> None:
+    """Rendered by default only with more than one replica; an explicit value wins."""
+    assert not of_kind(render(helm), "PodDisruptionBudget")
+    (pdb,) = of_kind(render(helm, "--set", "replicaCount=2"), "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    off = render(helm, "--set", "replicaCount=2", "--set", "podDisruptionBudget.enabled=false")
+    assert not of_kind(off, "PodDisruptionBudget")
+    (deploy,) = of_kind(render(helm, "--set", "replicaCount=2"), "Deployment")
+    # The new pod of a rollout waits as standby until the old one releases the Lease.
+    assert deploy["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+
+
+def test_token_endpoint_ca_is_mounted_and_passed(helm: Helm, tmp_path: Path) -> None:
+    pem = tmp_path / "ca.crt"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    docs = render(helm, "--set-file", f"tokenEndpointCA.pem={pem}")
+    (config_map,) = of_kind(docs, "ConfigMap")
+    assert config_map["data"]["ca.crt"].strip() == pem.read_text().strip()
+    (deploy,) = of_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--ca-bundle=/etc/itcare-token-operator/ca/ca.crt" in container["args"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "token-endpoint-ca")
+    assert mount["mountPath"] == "/etc/itcare-token-operator/ca" and mount["readOnly"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "token-endpoint-ca")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    # A changed bundle rolls the pods.
+    assert "checksum/ca-bundle" in deploy["spec"]["template"]["metadata"]["annotations"]
+    # An existing ConfigMap instead: mounted, none rendered.
+    docs = render(helm, "--set", "tokenEndpointCA.configMap=corp-ca,tokenEndpointCA.key=b.pem")
+    assert not of_kind(docs, "ConfigMap")
+    (deploy,) = of_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert "--ca-bundle=/etc/itcare-token-operator/ca/b.pem" in pod["containers"][0]["args"]
+    assert {"name": "token-endpoint-ca", "configMap": {"name": "corp-ca"}} in pod["volumes"]
+
+
+def test_image_digest_and_extra_volumes(helm: Helm) -> None:
+    digest = "sha256:" + "a" * 64
+    docs = render(
+        helm,
+        "--set",
+        f"image.digest={digest}",
+        "--set-json",
+        'extraVolumes=[{"name":"x","emptyDir":{}}]',
+        "--set-json",
+        'extraVolumeMounts=[{"name":"x","mountPath":"/x"}]',
+        "--set",
+        "operator.volumeDeliverySeconds=25",
+    )
+    (deploy,) = of_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == f"ghcr.io/itcare-token-operator/itcare-token-operator@{digest}"
+    assert {"name": "x", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "x", "mountPath": "/x"} in container["volumeMounts"]
+    assert "--volume-delivery-seconds=25" in container["args"]
 
 
 def test_networkpolicy_render(helm: Helm) -> None:
