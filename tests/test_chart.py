@@ -588,3 +588,20 @@ def test_installed_chart_serves_cluster_credentials(
         helm("uninstall", release, "--namespace", system_ns, check=False)
         for ns in teams:
             core.delete_namespace(ns)
+
+
+def test_notes_warn_when_the_monitoring_api_is_absent(helm: Helm) -> None:
+    """The test cluster serves no monitoring.coreos.com: asking for a ServiceMonitor or
+    a PrometheusRule renders none, and NOTES say so instead of staying silent."""
+
+    def notes(*args: str) -> str:
+        out = helm(
+            "install", "notes", str(CHART), "--dry-run=client", "--set", "crds.enabled=false", *args
+        ).stdout
+        return out.split("NOTES:", 1)[1]
+
+    plain = notes()
+    assert "WARNING" not in plain
+    assert "Uninstalling the chart keeps the CRDs" in plain
+    warned = notes("--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true")
+    assert "no ServiceMonitor was created" in warned and "no alerts were created" in warned
