@@ -336,7 +336,7 @@ def node_demo(interactive: bool) -> int:
         say("Poke at it")
         print(f"  export KUBECONFIG={testenv.kubeconfig} PATH={paths['kubectl'].parent}:$PATH")
         print(f"  kubectl -n {NAMESPACE} logs -f itcare-client")
-        print("  kubectl -n itcare-system logs deploy/itcare-token-operator-itcare-token-operator")
+        print("  kubectl -n itcare-system logs deploy/itcare-token-operator")
         if interactive:
             say("Running; press Ctrl-C to stop and clean up")
             while True:
