@@ -268,10 +268,15 @@ EXPIRING_SOON = RuleTable(
         "5m": [expiring("failing-120s", None)],
         "14m": [expiring("failing-120s", None)],  # failing-1200s: 6 min left
         "15m": [expiring("failing-120s", None)],  # failing-1200s: 300 s left, not less
-        "15m15s": [expiring("failing-120s", None), expiring("failing-1200s", "4m 45s")],
+        "15m15s": [
+            expiring("failing-120s", None),
+            expiring("failing-1200s", "4m 45s"),
+            expiring("recovers", "4m 45s"),
+        ],
         "15m30s": [
             expiring("failing-120s", None),
             expiring("failing-1200s", "4m 30s"),
+            expiring("recovers", "4m 30s"),
             expiring("stalled", "4m 30s"),  # 130 s past its refresh point
         ],
         "16m": [
