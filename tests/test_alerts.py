@@ -14,6 +14,7 @@ by ``scripts/build-components``. Without them these tests skip locally and fail 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -420,3 +421,24 @@ def test_promtool_checks_the_rendered_rules(
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS: 4 rules found" in proc.stdout
+
+
+def test_promtool_parses_every_dashboard_query(promtool: Path, tmp_path: Path) -> None:
+    """The Grafana dashboard's PromQL, Grafana's variables replaced, is valid PromQL."""
+    dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 10
+    variables = {"$__rate_interval": "5m", "$namespace": ".*", "$job": ".*"}
+    rules = []
+    for i, expr in enumerate(exprs):
+        for name, value in variables.items():
+            expr = expr.replace(name, value)
+        assert "$" not in expr, expr
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr})
+    path = tmp_path / "dashboard-queries.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    proc = subprocess.run(
+        [str(promtool), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in proc.stdout
