@@ -30,6 +30,12 @@ Two RBAC modes: cluster-wide (default, a ClusterRole) or namespaced
 is rendered from the repository's `crds/` and kept on uninstall (`crds.keep`).
 The pod runs with the restricted PodSecurity profile.
 
+Monitoring, each opt-in: `serviceMonitor.enabled` (a prometheus-operator ServiceMonitor,
+with `honorLabels` so a series keeps the credential's namespace), `prometheusRule.enabled`
+(four alerts, each proven with `promtool test rules`), `grafanaDashboard.enabled` (a
+dashboard ConfigMap for the Grafana sidecar, label `grafana_dashboard: "1"`). Metrics,
+alerts, dashboard and the JSON log fields are described in `docs/metrics-and-alerts.md`.
+
 ## Values
 
 Generated from the comments in `values.yaml` by `scripts/chart_docs.py`.
