@@ -86,6 +86,10 @@ class Credential:
     failures: Series = lambda t: 0
     ready: Series = lambda t: 1
     suspended: Series = lambda t: 0
+    # This process's counters, which the alerts no longer read (kept for comparison):
+    # failed attempts by reason, and successful ones.
+    errors: Series = lambda t: None
+    successes: Series = lambda t: None
 
 
 def rotation(lifetime: int, margin: int) -> Credential:
@@ -133,18 +137,23 @@ def restarted() -> Credential:
     def up(t: int) -> bool:
         return t < 210 or t >= 270
 
+    def failures(t: int) -> int | str | None:
+        if not up(t):
+            return gap(t)
+        return 5 + t // 60 if t < 210 else 1 + (t - 300) // 60 if t >= 300 else 0
+
     return Credential(
         expiration=lambda t: 7200 if up(t) else gap(t),
         lifetime=lambda t: 7200 if up(t) else gap(t),
         next_refresh=lambda t: t + 30 if up(t) else gap(t),
-        failures=lambda t: (
-            (5 + t // 60 if t < 210 else 1 + (t - 300) // 60 if t >= 300 else 0)
-            if up(t)
-            else gap(t)
-        ),
+        failures=failures,
+        errors=failures,  # the counter restarts with the process, as the streak does
         ready=lambda t: 1 if up(t) else gap(t),
-        suspended=lambda t: 0 if up(t) else gap(t),
     )
+
+
+# The operator exports these only while non-zero (a counter: once incremented).
+SPARSE = {"failures", "suspended", "errors", "successes"}
 
 
 def render_series(creds: dict[str, Credential], step: int, end: int) -> list[dict[str, str]]:
@@ -156,16 +165,26 @@ def render_series(creds: dict[str, Credential], step: int, end: int) -> list[dic
         "itcare_credential_consecutive_failures": "failures",
         "itcare_credential_ready": "ready",
         "itcare_credential_suspended": "suspended",
+        'itcare_token_refresh_errors_total{reason="UnauthorizedClient", ': "errors",
+        'itcare_token_refresh_total{result="success", grant="ClientCredentials", ': "successes",
     }
     for name, cred in creds.items():
         for metric, field in metrics.items():
             fn: Series = getattr(cred, field)
             values = [fn(t) for t in range(0, end + 1, step)]
+            if field in SPARSE:
+                values = [None if v == 0 else v for v in values]
+            # A series gone from a scrape gets a staleness marker, then nothing.
+            values = [
+                "stale" if v is None and i and values[i - 1] not in (None, "stale") else v
+                for i, v in enumerate(values)
+            ]
             if all(v is None for v in values):
                 continue
             text = " ".join("_" if v is None else str(v) for v in values)
-            labels = f'namespace="{NS}", name="{name}", scope="namespaced"'
-            out.append({"series": f"{metric}{{{labels}}}", "values": text})
+            labels = f'namespace="{NS}", name="{name}", scope="namespaced"}}'
+            selector = metric + labels if metric.endswith(" ") else f"{metric}{{{labels}"
+            out.append({"series": selector, "values": text})
     return out
 
 
@@ -303,11 +322,19 @@ REFRESH_FAILING = RuleTable(
     "ITCareTokenRefreshFailing",
     {
         # A new credential that never got a token (no success series exists).
-        "new-failing": Credential(failures=lambda t: 1 + t // 60, ready=lambda t: 0),
+        "new-failing": Credential(
+            failures=lambda t: 1 + t // 60, ready=lambda t: 0, errors=lambda t: 1 + t // 60
+        ),
         "restarted": restarted(),
-        "suspended": Credential(failures=lambda t: 3, ready=lambda t: 0, suspended=lambda t: 1),
+        "suspended": Credential(
+            failures=lambda t: 3, ready=lambda t: 0, suspended=lambda t: 1, errors=lambda t: 3
+        ),
         # Fails for 5 minutes, then succeeds: never 10 minutes in a row.
-        "recovers": Credential(failures=lambda t: 1 + t // 60 if t < 300 else 0),
+        "recovers": Credential(
+            failures=lambda t: 1 + t // 60 if t < 300 else 0,
+            errors=lambda t: min(1 + t // 60, 5),
+            successes=lambda t: 1 if t >= 300 else 0,
+        ),
     },
     {
         "9m30s": [],

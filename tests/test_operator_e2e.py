@@ -432,7 +432,7 @@ def test_suspend_keeps_the_secret_and_stops_refreshing(sc: Scenario) -> None:
     sc.patch_spec({"suspend": False})
     sc.wait_token(other_than=first["access_token"], timeout=10)
     sc.wait_condition("Ready", "True", "TokenValid")
-    assert op.metric("itcare_credential_suspended", **suspended) == 0.0
+    assert op.metric("itcare_credential_suspended", **suspended) is None
 
 
 def test_restart_reuses_the_stored_token(sc: Scenario) -> None:
@@ -550,7 +550,7 @@ def test_metrics_and_health(sc: Scenario) -> None:
     received = sc.wait_condition("Ready", "True", "TokenValid")["status"]["lastRefreshTime"]
     assert lifetime == pytest.approx(expiry - parse_time(received).timestamp(), abs=2)
     for gauge in ("itcare_credential_suspended", "itcare_credential_consecutive_failures"):
-        assert op.metric(gauge, namespace=sc.namespace, name="billing") == 0.0, gauge
+        assert op.metric(gauge, namespace=sc.namespace, name="billing") is None, gauge
     assert (op.metric("process_resident_memory_bytes") or 0) > 10 * 2**20
     assert (op.metric("process_open_fds") or 0) > 0
     assert "_created" not in text
