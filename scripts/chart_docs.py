@@ -53,6 +53,12 @@ refreshing (the stored tokens are reused while valid). Deleting an ITCareCredent
 deletes its target Secret (owner reference); deleting the CRD deletes every
 credential and so every target Secret.
 
+Monitoring, each opt-in: `serviceMonitor.enabled` (a prometheus-operator ServiceMonitor,
+with `honorLabels` so a series keeps the credential's namespace), `prometheusRule.enabled`
+(four alerts, each proven with `promtool test rules`), `grafanaDashboard.enabled` (a
+dashboard ConfigMap for the Grafana sidecar, label `grafana_dashboard: "1"`). Metrics,
+alerts, dashboard and the JSON log fields are described in `docs/metrics-and-alerts.md`.
+
 ## Values
 
 Generated from the comments in `values.yaml` by `scripts/chart_docs.py`.

@@ -180,6 +180,8 @@ def test_monitoring_render(helm: Helm) -> None:
     (monitor,) = of_kind(docs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # Our namespace label (the credential's) must survive the scrape.
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     (rule,) = of_kind(docs, "PrometheusRule")
     alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
     assert set(alerts) == {
@@ -188,7 +190,7 @@ def test_monitoring_render(helm: Helm) -> None:
         "ITCareCredentialNotReady",
         "ITCareTokenOperatorAbsent",
     }
-    assert "< 180" in alerts["ITCareTokenExpiringSoon"]["expr"]
+    assert "itcare_token_lifetime_seconds * 0.2)" in alerts["ITCareTokenExpiringSoon"]["expr"]
     assert of_kind(docs, "PodDisruptionBudget")
     # Without force and without the API, neither renders.
     plain = render(helm, "--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true")
@@ -255,6 +257,30 @@ def test_image_digest_and_extra_volumes(helm: Helm) -> None:
     assert {"name": "x", "emptyDir": {}} in pod["volumes"]
     assert {"name": "x", "mountPath": "/x"} in container["volumeMounts"]
     assert "--volume-delivery-seconds=25" in container["args"]
+
+
+def test_grafana_dashboard_render(helm: Helm) -> None:
+    """Opt-in; the sidecar label is configurable; the JSON is the chart's file, intact."""
+    assert not of_kind(render(helm), "ConfigMap")
+    docs = render(helm, "-f", str(CHART / "ci" / "monitoring-values.yaml"))
+    (config_map,) = of_kind(docs, "ConfigMap")
+    assert config_map["metadata"]["namespace"] == "itcare-system"
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["labels"]["team"] == "platform"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "ITCare"}
+    dashboard = json.loads(config_map["data"]["itcare-token-operator.json"])
+    assert dashboard == json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    moved = render(
+        helm,
+        "--set",
+        "grafanaDashboard.enabled=true,grafanaDashboard.namespace=monitoring",
+        "--set-json",
+        'grafanaDashboard.labels={"dashboards":"itcare","grafana_dashboard":null}',
+    )
+    (config_map,) = of_kind(moved, "ConfigMap")
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["labels"]["dashboards"] == "itcare"
+    assert "grafana_dashboard" not in config_map["metadata"]["labels"]
 
 
 def test_networkpolicy_render(helm: Helm) -> None:

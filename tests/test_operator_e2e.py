@@ -426,10 +426,13 @@ def test_suspend_keeps_the_secret_and_stops_refreshing(sc: Scenario) -> None:
     time.sleep(20)  # past the refresh point of a 30 s token
     assert sc.requests() == 1 and sc.token() == first
     assert op.metric("itcare_credentials", state="suspended") == 1.0
+    suspended = {"namespace": sc.namespace, "name": "billing"}
+    assert op.metric("itcare_credential_suspended", **suspended) == 1.0  # the alerts skip it
     sc.wait_condition("Ready", "False", "Suspended", timeout=15)
     sc.patch_spec({"suspend": False})
     sc.wait_token(other_than=first["access_token"], timeout=10)
     sc.wait_condition("Ready", "True", "TokenValid")
+    assert op.metric("itcare_credential_suspended", **suspended) is None
 
 
 def test_restart_reuses_the_stored_token(sc: Scenario) -> None:
@@ -543,6 +546,14 @@ def test_metrics_and_health(sc: Scenario) -> None:
     )
     text = op.metrics()
     assert 'itcare_token_refresh_total{grant="ClientCredentials",name="billing"' in text
+    lifetime = op.metric("itcare_token_lifetime_seconds", namespace=sc.namespace, name="billing")
+    received = sc.wait_condition("Ready", "True", "TokenValid")["status"]["lastRefreshTime"]
+    assert lifetime == pytest.approx(expiry - parse_time(received).timestamp(), abs=2)
+    for gauge in ("itcare_credential_suspended", "itcare_credential_consecutive_failures"):
+        assert op.metric(gauge, namespace=sc.namespace, name="billing") is None, gauge
+    assert (op.metric("process_resident_memory_bytes") or 0) > 10 * 2**20
+    assert (op.metric("process_open_fds") or 0) > 0
+    assert "_created" not in text
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/healthz", timeout=2) as resp:
@@ -554,12 +565,26 @@ def test_log_format_json_is_one_object_per_line(sc: Scenario) -> None:
 
     sc.source()
     sc.credential()
+    sc.source(
+        name="wrong-account",
+        data={"client-id": sc.client()["client_id"], "client-secret": "not-the-secret"},
+    )
+    sc.credential(name="rejected", source="wrong-account", target="rejected-token")
     op = sc.run()
     sc.wait_token()
+    sc.wait_condition("Refreshed", "False", "UnauthorizedClient", name="rejected")
     lines = [line for line in op.output().splitlines() if line.strip()]
     docs = [json.loads(line) for line in lines]
     assert any("token refreshed" in d["message"] for d in docs)
     assert all({"time", "level", "logger", "message"} <= set(d) for d in docs)
+    # Lines about a credential name it, and what happened, as fields.
+    about = {
+        (d.get("name"), d.get("event")): d for d in docs if d.get("kind") == "ITCareCredential"
+    }
+    refreshed = about[("billing", "TokenRefreshed")]
+    assert refreshed["namespace"] == sc.namespace and refreshed["level"] == "info"
+    failed = about[("rejected", "RefreshFailed")]
+    assert failed["namespace"] == sc.namespace and failed["reason"] == "UnauthorizedClient"
 
 
 def test_kubectl_columns(sc: Scenario, kubectl: Callable[..., Any]) -> None:

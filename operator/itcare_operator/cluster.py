@@ -40,6 +40,7 @@ from itcare_operator.controller import (
 )
 from itcare_operator.errors import CredentialError, FailureKind, Reason, TokenEndpointError
 from itcare_operator.kube import GROUP, VERSION, Conflict, KubeClient, KubeError, NotFound
+from itcare_operator.logs import Resource, about, fields
 from itcare_operator.metrics import CLUSTER, Metrics
 from itcare_operator.refresh_policy import (
     RefreshPolicy,
@@ -77,11 +78,17 @@ __all__ = ["FINALIZER", "ClusterController"]
 
 log = logging.getLogger(__name__)
 
+
 FINALIZER = "itcare.cegedim.cloud/cleanup"
 NAMESPACE_RETRY = 15.0  # seconds before a failed namespace is tried again
 WRITE_CONCURRENCY = 16  # copies written at once by one credential
 
 CopyKey = tuple[str, str]  # (namespace, Secret name)
+
+
+def _resource(name: str) -> Resource:
+    """What a log line about this ClusterITCareCredential names (cluster-scoped)."""
+    return Resource("ClusterITCareCredential", "", name)
 
 
 class SourceNamespaceNotAllowed(CredentialError):
@@ -251,7 +258,11 @@ class ClusterController:
             if state.source_fingerprint is None:
                 state.source_fingerprint = fingerprint
             elif state.source_fingerprint != fingerprint:
-                log.info("source Secret of ClusterITCareCredential %s changed; refreshing", name)
+                log.info(
+                    "source Secret of ClusterITCareCredential %s changed; refreshing",
+                    name,
+                    extra=fields("SourceSecretChanged", resource=_resource(name)),
+                )
                 state.force, state.retry_at = True, None
                 self.scheduler.now(name)
 
@@ -297,7 +308,11 @@ class ClusterController:
         self.scheduler.cancel(name)
         self.metrics.forget("", name, CLUSTER)
         self._publish_counts()
-        log.info("ClusterITCareCredential %s deleted", name)
+        log.info(
+            "ClusterITCareCredential %s deleted",
+            name,
+            extra=fields("CredentialDeleted", resource=_resource(name)),
+        )
 
     # -- start-up --------------------------------------------------------------------
     async def delete_orphans(self) -> int:
@@ -318,10 +333,15 @@ class ClusterController:
                             namespace,
                             secret_name,
                             owner,
+                            extra=fields("CopyDeleted", resource=_resource(owner)),
                         )
                     except KubeError as exc:
                         log.warning(
-                            "could not delete orphan %s/%s: %s", namespace, secret_name, exc
+                            "could not delete orphan %s/%s: %s",
+                            namespace,
+                            secret_name,
+                            exc,
+                            extra=fields("CopyDeleteFailed", resource=_resource(owner)),
                         )
         return deleted
 
@@ -330,11 +350,17 @@ class ClusterController:
         state = self.credentials.get(key)  # type: ignore[call-overload]
         if state is None:
             return
-        try:
-            await self.reconcile(state)
-        except KubeError as exc:
-            log.warning("ClusterITCareCredential %s: %s; retrying in 2s", state.name, exc)
-            self.scheduler.schedule(state.name, time.time() + 2)
+        with about(_resource(state.name)):
+            try:
+                await self.reconcile(state)
+            except KubeError as exc:
+                log.warning(
+                    "ClusterITCareCredential %s: %s; retrying in 2s",
+                    state.name,
+                    exc,
+                    extra=fields("KubeRequestFailed"),
+                )
+                self.scheduler.schedule(state.name, time.time() + 2)
 
     async def reconcile(self, state: ClusterState) -> None:
         if state.deleting:
@@ -499,6 +525,7 @@ class ClusterController:
             len(state.selected),
             format_time(token.expires_at),
             format_time(state.refresh_at),
+            extra=fields("TokenRefreshed"),
         )
         if first:
             await self._event(
@@ -638,7 +665,11 @@ class ClusterController:
         await self.kube.delete_secret(namespace, name, uid)
         self.copies.get(state.name, {}).pop((namespace, name), None)
         log.info(
-            "ClusterITCareCredential %s: deleted its Secret %s/%s", state.name, namespace, name
+            "ClusterITCareCredential %s: deleted its Secret %s/%s",
+            state.name,
+            namespace,
+            name,
+            extra=fields("CopyDeleted"),
         )
 
     async def _finalize(self, state: ClusterState) -> None:
@@ -669,6 +700,7 @@ class ClusterController:
             "ClusterITCareCredential %s: %d copies deleted; finalizer removed",
             state.name,
             sum(1 for s in listed if is_owned(s, state.uid)),
+            extra=fields("FinalizerRemoved"),
         )
 
     # -- outcome ---------------------------------------------------------------------
@@ -710,7 +742,11 @@ class ClusterController:
         grant = str(spec.credential.grant) if spec else ""
         self.metrics.failed("", state.name, grant, reason, CLUSTER)
         log.warning(
-            "ClusterITCareCredential %s: refresh failed: %s: %s", state.name, reason, message
+            "ClusterITCareCredential %s: refresh failed: %s: %s",
+            state.name,
+            reason,
+            message,
+            extra=fields("RefreshFailed", reason),
         )
         if state.event_reason != reason:
             state.event_reason = reason
@@ -769,7 +805,12 @@ class ClusterController:
                 await self.kube.patch_cluster_status(state.name, status)
                 state.status_sent = status
             except KubeError as exc:
-                log.warning("ClusterITCareCredential %s: status update failed: %s", state.name, exc)
+                log.warning(
+                    "ClusterITCareCredential %s: status update failed: %s",
+                    state.name,
+                    exc,
+                    extra=fields("StatusUpdateFailed"),
+                )
                 if wake is None or wake.timestamp() > time.time() + 5:
                     wake = self._clock() + dt.timedelta(seconds=5)
         self._set_state(
@@ -782,6 +823,9 @@ class ClusterController:
             expires_at=token.expires_at if token else None,
             next_refresh=next_refresh,
             scope=CLUSTER,
+            lifetime=token.lifetime if token else None,
+            suspended=suspended,
+            failures=state.failures,
         )
         self.metrics.namespaces(state.name, len(state.selected), state.synced, len(state.failed))
         if wake is not None:

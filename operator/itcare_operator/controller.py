@@ -27,6 +27,7 @@ from itcare_operator.errors import (
     TokenEndpointError,
 )
 from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound
+from itcare_operator.logs import Resource, about, fields
 from itcare_operator.metrics import Metrics
 from itcare_operator.refresh_policy import (
     RefreshPolicy,
@@ -74,6 +75,7 @@ FORCED_REFRESH_INTERVAL = 10.0  # seconds between two refreshes forced by the an
 CONFLICT_RETRY = RefreshPolicy(transient_base=15.0, transient_cap=300.0)
 
 Key = tuple[str, str]  # (namespace, name)
+KIND = "ITCareCredential"
 
 
 class TargetConflict(CredentialError):
@@ -290,7 +292,11 @@ class Controller:
             if state.source_fingerprint is None:
                 state.source_fingerprint = fingerprint  # first sight (start-up): no refresh
             elif state.source_fingerprint != fingerprint:
-                log.info("source Secret of %s/%s changed; refreshing", *key)
+                log.info(
+                    "source Secret of %s/%s changed; refreshing",
+                    *key,
+                    extra=fields("SourceSecretChanged", resource=Resource(KIND, *key)),
+                )
                 state.force, state.retry_at = True, None
                 self.scheduler.now(key)
 
@@ -353,7 +359,11 @@ class Controller:
         self.scheduler.cancel(key)
         self.metrics.forget(*key)
         self._publish_counts()
-        log.info("credential %s/%s deleted; its target Secret is garbage-collected", *key)
+        log.info(
+            "credential %s/%s deleted; its target Secret is garbage-collected",
+            *key,
+            extra=fields("CredentialDeleted", resource=Resource(KIND, *key)),
+        )
 
     def _load_stored(self, state: CredentialState, secret: Mapping[str, Any] | None) -> None:
         state.token_loaded = True
@@ -374,13 +384,16 @@ class Controller:
         state = self.credentials.get(key)  # type: ignore[call-overload]
         if state is None:
             return
-        try:
-            await self.reconcile(state)
-        except TargetConflictDuringWrite as exc:
-            await self._failed(state, None, exc, self._clock(), policy=CONFLICT_RETRY)
-        except KubeError as exc:
-            log.warning("%s/%s: %s; retrying in 2s", *state.key, exc)
-            self.scheduler.schedule(state.key, time.time() + 2)
+        with about(Resource(KIND, *state.key)):
+            try:
+                await self.reconcile(state)
+            except TargetConflictDuringWrite as exc:
+                await self._failed(state, None, exc, self._clock(), policy=CONFLICT_RETRY)
+            except KubeError as exc:
+                log.warning(
+                    "%s/%s: %s; retrying in 2s", *state.key, exc, extra=fields("KubeRequestFailed")
+                )
+                self.scheduler.schedule(state.key, time.time() + 2)
 
     async def reconcile(self, state: CredentialState) -> None:
         now = self._clock()
@@ -401,7 +414,9 @@ class Controller:
             else:
                 target = await self.kube.get_secret(state.namespace, spec.target_name)
         except KubeError as exc:
-            log.warning("%s/%s: %s; retrying in 2s", *state.key, exc)
+            log.warning(
+                "%s/%s: %s; retrying in 2s", *state.key, exc, extra=fields("KubeRequestFailed")
+            )
             self.scheduler.schedule(state.key, now.timestamp() + 2)
             return
         if target is not None and not is_owned(target, state.uid):
@@ -534,7 +549,12 @@ class Controller:
             await self._failed(state, spec, exc, self._clock(), policy=CONFLICT_RETRY)
             return
         except KubeError as exc:
-            log.warning("%s/%s: writing the target Secret failed: %s", *state.key, exc)
+            log.warning(
+                "%s/%s: writing the target Secret failed: %s",
+                *state.key,
+                exc,
+                extra=fields("TargetWriteFailed"),
+            )
             self.scheduler.schedule(state.key, time.time() + 2)
             return
         now = self._clock()
@@ -553,6 +573,7 @@ class Controller:
             result.grant,
             format_time(token.expires_at),
             format_time(state.refresh_at),
+            extra=fields("TokenRefreshed"),
         )
         if first:
             await self._event(
@@ -655,7 +676,13 @@ class Controller:
                 wake = token.expires_at  # to report the expiry when it happens
         state.refreshed = Condition("Refreshed", False, reason, message)
         self.metrics.failed(state.namespace, state.name, str(spec.grant) if spec else "", reason)
-        log.warning("%s/%s: refresh failed: %s: %s", *state.key, reason, message)
+        log.warning(
+            "%s/%s: refresh failed: %s: %s",
+            *state.key,
+            reason,
+            message,
+            extra=fields("RefreshFailed", reason),
+        )
         if state.event_reason != reason:
             state.event_reason = reason
             await self._event(state, "Warning", reason, message)
@@ -663,7 +690,12 @@ class Controller:
             try:  # a still-valid token stays in (or goes back into) the target Secret
                 await self._write_target(state, spec, owner, target)
             except (KubeError, TargetConflictDuringWrite) as write_exc:
-                log.warning("%s/%s: restoring the target Secret failed: %s", *state.key, write_exc)
+                log.warning(
+                    "%s/%s: restoring the target Secret failed: %s",
+                    *state.key,
+                    write_exc,
+                    extra=fields("TargetWriteFailed"),
+                )
         await self._settle(state, spec, now, wake=wake, next_attempt=wake if retry else None)
 
     async def _settle(
@@ -714,7 +746,12 @@ class Controller:
                 await self.kube.patch_status(state.namespace, state.name, status)
                 state.status_sent = status
             except KubeError as exc:
-                log.warning("%s/%s: status update failed: %s", *state.key, exc)
+                log.warning(
+                    "%s/%s: status update failed: %s",
+                    *state.key,
+                    exc,
+                    extra=fields("StatusUpdateFailed"),
+                )
                 if wake is None or wake.timestamp() > time.time() + 5:
                     wake = self._clock() + dt.timedelta(seconds=5)
         self._set_state(
@@ -726,6 +763,9 @@ class Controller:
             ready=ready.status,
             expires_at=token.expires_at if token else None,
             next_refresh=next_refresh,
+            lifetime=token.lifetime if token else None,
+            suspended=suspended,
+            failures=state.failures,
         )
         if wake is not None:
             self.scheduler.schedule(state.key, wake.timestamp())
