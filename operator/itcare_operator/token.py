@@ -6,9 +6,11 @@ stray ``log.debug(token)`` cannot leak it.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import hashlib
+from urllib.parse import quote_plus
 
 __all__ = ["ClientCredentials", "Token", "fingerprint", "format_time", "parse_time"]
 
@@ -24,8 +26,14 @@ class ClientCredentials:
         return "ClientCredentials(<redacted>)"
 
     def secrets(self) -> tuple[str, ...]:
-        """Values that must never appear in logs, events, status or errors."""
-        return (self.client_id, self.client_secret)
+        """Values that must never appear in logs, events, status or errors: the id, the
+        secret, and the Base64 pair of a Basic header (form-encoded as sent, and raw)."""
+        pairs = (
+            f"{quote_plus(self.client_id)}:{quote_plus(self.client_secret)}",
+            f"{self.client_id}:{self.client_secret}",
+        )
+        encoded = (base64.b64encode(pair.encode()).decode() for pair in pairs)
+        return (self.client_id, self.client_secret, *dict.fromkeys(encoded))
 
 
 @dataclasses.dataclass(frozen=True)
