@@ -165,7 +165,13 @@ def test_a_path_prefix_ends_at_a_segment_boundary() -> None:
 
 @pytest.mark.parametrize(
     "prefix",
-    ["https://u:p@accounts.cegedim.cloud/", "https://h/x?y", "ftp://h/", "https:///x", "https://h/%2e%2e/"],
+    [
+        "https://u:p@accounts.cegedim.cloud/",
+        "https://h/x?y",
+        "ftp://h/",
+        "https:///x",
+        "https://h/%2e%2e/",
+    ],
 )
 def test_bad_prefixes_are_refused(prefix: str) -> None:
     with pytest.raises(InvalidTokenURL):
@@ -193,9 +199,7 @@ def test_a_compressed_bomb_is_refused_without_inflating_it() -> None:
 
     def handle(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(
-            200, headers={"Content-Encoding": "gzip"}, stream=_Chunks(bomb)
-        )
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=_Chunks(bomb))
 
     async def run() -> None:
         endpoint = mock(handle)
@@ -263,14 +267,14 @@ def capture_proxy() -> Iterator[tuple[str, list[str]]]:
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             seen.append(f"{self.command} {self.path} {self.headers.get('Authorization')}")
             self.send_response(502)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        do_GET = do_POST  # noqa: N815
-        do_CONNECT = do_POST  # noqa: N815
+        do_GET = do_POST
+        do_CONNECT = do_POST
 
         def log_message(self, *args: object) -> None:
             pass

@@ -12,7 +12,15 @@ import datetime as dt
 import hashlib
 from urllib.parse import quote_plus
 
-__all__ = ["ClientCredentials", "Token", "fingerprint", "format_time", "parse_time"]
+__all__ = [
+    "ClientCredentials",
+    "Token",
+    "digest",
+    "fingerprint",
+    "format_time",
+    "parse_time",
+    "usable_access_token",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +94,22 @@ class Token:
 def fingerprint(access_token: str) -> str:
     """A short, non-reversible name for a token: the first 12 hex digits of its SHA-256."""
     return "sha256:" + hashlib.sha256(access_token.encode()).hexdigest()[:12]
+
+
+def digest(access_token: str) -> str:
+    """The full SHA-256 of a token, kept in the credential's status as proof of what
+    the operator wrote: a stored token is reused only when it matches."""
+    return "sha256:" + hashlib.sha256(access_token.encode()).hexdigest()
+
+
+def usable_access_token(text: object) -> bool:
+    """A non-empty token without whitespace or control characters (it goes into an
+    HTTP header: a CR/LF would split it)."""
+    return (
+        isinstance(text, str)
+        and bool(text)
+        and not any(ch.isspace() or not ch.isprintable() for ch in text)
+    )
 
 
 def format_time(when: dt.datetime) -> str:

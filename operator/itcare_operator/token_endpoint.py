@@ -35,7 +35,7 @@ from itcare_operator.errors import (
     RequestRejected,
     TokenEndpointError,
 )
-from itcare_operator.token import ClientCredentials, Token
+from itcare_operator.token import ClientCredentials, Token, usable_access_token
 
 __all__ = [
     "DEFAULT_TOKEN_URL",
@@ -462,7 +462,7 @@ def parse_token_response(
     access_token = doc.get("access_token")
     if not isinstance(access_token, str) or not access_token.strip():
         raise InvalidTokenResponse("token response has no access_token")
-    if any(ch.isspace() or not ch.isprintable() for ch in access_token):
+    if not usable_access_token(access_token):
         raise InvalidTokenResponse("token response has an access_token with invalid characters")
     token_type = doc.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
