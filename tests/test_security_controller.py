@@ -67,7 +67,7 @@ async def test_restart_ignores_a_forged_target_secret(forgery: str) -> None:
 
 
 async def test_restart_reuses_a_genuine_token_with_the_status_receive_time() -> None:
-    controller, kube, clock, requests = setup()
+    controller, kube, clock, _requests = setup()
     await controller.reconcile(controller.credentials[(NS, "billing")])
     stored = copy.deepcopy(kube.secrets[(NS, "itcare-token")])
     # Someone moves the refreshed-at annotation: the schedule must not follow it.
@@ -118,7 +118,7 @@ async def test_spec_edits_mint_at_most_one_token_per_interval() -> None:
 
 
 async def test_the_annotation_and_spec_edits_share_the_limit() -> None:
-    controller, kube, clock, requests = setup()
+    controller, _kube, clock, requests = setup()
     key = (NS, "billing")
     await controller.reconcile(controller.credentials[key])
     body = copy.deepcopy(CREDENTIAL)
@@ -166,7 +166,7 @@ def test_good_target_metadata_is_accepted() -> None:
 
 
 async def test_a_refused_target_write_is_terminal_until_the_spec_changes() -> None:
-    controller, kube, clock, requests = setup()
+    controller, kube, _clock, requests = setup()
 
     async def refuse(ns: str, body: Mapping[str, Any]) -> dict[str, Any]:
         raise Invalid("create Secret itcare-token: 422 Unprocessable Entity (Invalid)", 422)
@@ -209,7 +209,7 @@ async def test_a_second_credential_on_the_target_does_not_steal_drift_repair() -
 async def test_an_unlabelled_source_reads_nothing_and_looks_absent() -> None:
     messages = {}
     for name, exists in (("exists-unlabelled", True), ("does-not-exist", False)):
-        controller, kube, clock, requests = setup()
+        controller, kube, _clock, requests = setup()
         if exists:
             kube.put(NS, {"metadata": {"name": name}, "data": {"client-id": b64("x")}})
         body = copy.deepcopy(CREDENTIAL)
@@ -227,7 +227,7 @@ async def test_an_unlabelled_source_reads_nothing_and_looks_absent() -> None:
 
 async def test_without_the_label_requirement_the_source_is_read() -> None:
     settings = dataclasses.replace(Settings(), require_source_label=False)
-    controller, kube, clock, requests = setup(settings=settings)
+    controller, kube, _clock, requests = setup(settings=settings)
     controller.sources.clear()
     await controller.reconcile(controller.credentials[(NS, "billing")])
     assert ("get", "acct") in kube.calls and requests == [1]

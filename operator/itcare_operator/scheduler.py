@@ -64,11 +64,6 @@ class Scheduler:
         if self._heap[0][1] == seq:
             self._changed.set()
 
-    def due_at(self, key: Hashable) -> float | None:
-        """When ``key`` is next due (None: not scheduled)."""
-        due = self._due.get(key)
-        return None if due is None else due[0]
-
     def now(self, key: Hashable) -> None:
         """Run ``key`` as soon as possible."""
         self.schedule(key, self._clock(), earlier_only=True)
