@@ -355,7 +355,9 @@ def test_source_secret_without_the_opt_in_label(sc: Scenario) -> None:
     sc.source(labelled=False)
     sc.credential()
     sc.run()
-    sc.wait_condition("Refreshed", "False", "SourceSecretNotLabeled")
+    # Reported like an absent Secret (the operator does not read it: no existence oracle).
+    cr = sc.wait_condition("Refreshed", "False", "SourceSecretNotFound")
+    assert "lacks the label" in condition(cr, "Refreshed")["message"]
     assert sc.requests(status=None) == 0
     sc.core.patch_namespaced_secret(
         "itcare-api-account",
