@@ -33,13 +33,22 @@ from itcare_operator.controller import (
     REFRESH_ANNOTATION,
     TokenURLNotAllowed,
     forced_refresh_allowed_at,
+    refused_target,
     resumed_refresh_at,
     slim,
     slim_credential,
     source_fingerprint,
 )
 from itcare_operator.errors import CredentialError, FailureKind, Reason, TokenEndpointError
-from itcare_operator.kube import GROUP, VERSION, Conflict, KubeClient, KubeError, NotFound
+from itcare_operator.kube import (
+    GROUP,
+    VERSION,
+    Conflict,
+    Invalid,
+    KubeClient,
+    KubeError,
+    NotFound,
+)
 from itcare_operator.metrics import CLUSTER, Metrics
 from itcare_operator.refresh_policy import RefreshPolicy, backoff_delay, next_refresh_at
 from itcare_operator.scheduler import Scheduler
@@ -593,6 +602,8 @@ class ClusterController:
                         continue
                 copies[(namespace, name)] = slim(written)
                 return None
+        except Invalid as exc:
+            return str(Reason.INVALID_SPEC), str(refused_target(exc))
         except KubeError as exc:
             return str(Reason.TARGET_WRITE_FAILED), str(exc)
         return str(Reason.TARGET_WRITE_FAILED), f"Secret {name} kept changing under us"
@@ -731,7 +742,8 @@ class ClusterController:
             and (wake is None or token.expires_at < wake)
         ):
             wake = token.expires_at
-        if state.failed:
+        if any(reason != Reason.INVALID_SPEC for reason, _ in state.failed.values()):
+            # A refused copy (422) waits for a spec change; other failures are retried.
             retry = now + dt.timedelta(seconds=NAMESPACE_RETRY)
             wake = retry if wake is None or retry < wake else wake
         next_refresh = None if suspended else (next_attempt or state.refresh_at)
