@@ -284,10 +284,11 @@ class Controller:
     def target_secret_event(self, type_: str | None, secret: Mapping[str, Any]) -> None:
         meta = secret.get("metadata") or {}
         keys = self._by_target.get((meta.get("namespace", ""), meta.get("name", ""))) or set()
-        if len(keys) > 1:  # one owns it, the others are in conflict: wake them all
-            for other in keys:
-                if other in self.credentials:
-                    self._target_changed(self.credentials[other], type_, secret)
+        if len(keys) > 1:  # several name it: its owner, if any, is the one to wake
+            states = [self.credentials[k] for k in keys if k in self.credentials]
+            owners = [st for st in states if is_owned(secret, st.uid)]
+            for named in owners if owners and type_ != "DELETED" else states:
+                self._target_changed(named, type_, secret)
             return
         key = next(iter(keys), None)
         if key is None:
