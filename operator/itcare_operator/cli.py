@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ca-bundle",
         default=None,
         metavar="FILE",
-        help="PEM CA bundle to verify token endpoints with",
+        help="PEM CA bundle trusted for token endpoints in addition to the default CAs",
     )
     run.add_argument("--log-format", choices=("text", "json"), default=None)
     run.add_argument(
