@@ -19,10 +19,12 @@ import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote
 
 import certifi
 import httpx
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import trustme
 
@@ -35,7 +37,7 @@ from itcare_operator.token_endpoint import (
     parse_token_response,
     ssl_context,
 )
-from itcare_operator.token_url import InvalidTokenURL, parse_prefix
+from itcare_operator.token_url import InvalidTokenURL, parse_prefix, remove_dot_segments
 from tests.keycloak_fake import FakeKeycloak, Fault
 from tests.test_cli import cli
 
@@ -335,3 +337,19 @@ def test_cli_allows_plain_http_to_loopback() -> None:
             env={"ITCARE_CLIENT_ID": CREDS.client_id, "ITCARE_CLIENT_SECRET": CREDS.client_secret},
         )
     assert proc.returncode == 0, proc.stderr
+
+
+SEGMENTS = ["cloud", "master", "x", "..", ".", "%2e%2e", "%2E", "a%2Fb", "%2f..", ""]
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.lists(st.sampled_from(SEGMENTS), max_size=6))
+def test_an_allowed_url_reaches_only_paths_under_the_prefix(segments: list[str]) -> None:
+    """Whatever the client sends, and however the server decodes it, stays in the realm."""
+    url = "https://accounts.cegedim.cloud/auth/realms/cloud/" + "/".join(segments)
+    if not DEFAULT.token_url_allowed(url):
+        return
+    sent = httpx.URL(url).raw_path.decode()
+    for path in (sent, unquote(sent)):
+        normalised = remove_dot_segments(path)
+        assert normalised.startswith("/auth/realms/cloud/") or normalised == "/auth/realms/cloud"
