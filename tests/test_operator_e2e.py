@@ -355,7 +355,9 @@ def test_source_secret_without_the_opt_in_label(sc: Scenario) -> None:
     sc.source(labelled=False)
     sc.credential()
     sc.run()
-    sc.wait_condition("Refreshed", "False", "SourceSecretNotLabeled")
+    # Reported like an absent Secret (the operator does not read it: no existence oracle).
+    cr = sc.wait_condition("Refreshed", "False", "SourceSecretNotFound")
+    assert "lacks the label" in condition(cr, "Refreshed")["message"]
     assert sc.requests(status=None) == 0
     sc.core.patch_namespaced_secret(
         "itcare-api-account",
@@ -462,6 +464,47 @@ def test_restart_reuses_the_stored_token(sc: Scenario) -> None:
     # the schedule resumes: a refresh still happens before expiry
     sc.wait_token(other_than=first["access_token"], timeout=20)
     assert sc.requests() == 2
+
+
+def test_restart_ignores_a_forged_target_secret(sc: Scenario) -> None:
+    """Whoever can edit the target Secret cannot make a restarted operator keep a token
+    of their choosing (and stop refreshing): the status, which they cannot write,
+    holds the proof of what the operator wrote."""
+    sc.source()
+    sc.credential()
+    op = sc.run()
+    first = sc.wait_token()
+    wait_for(
+        "the status of the first token",
+        lambda: (sc.cr().get("status") or {}).get("tokenFingerprint"),
+    )
+    assert op.stop() == 0
+    forged, far = "forged\r\nX-Injected: 1", "2099-01-01T00:00:00Z"
+    sc.core.patch_namespaced_secret(
+        "itcare-token",
+        sc.namespace,
+        {
+            "metadata": {"annotations": {"itcare.cegedim.cloud/expires-at": far}},
+            "stringData": {
+                "access_token": forged,
+                "expires_at": far,
+                "authorization": f"Bearer {forged}",
+            },
+        },
+    )
+    sc.run()
+    fresh = sc.wait_token(other_than=forged, timeout=20)
+    assert fresh["access_token"] in sc.kc.issued and fresh != first
+    assert sc.requests() == 2, "the forged token was reused instead of a new one obtained"
+    status = wait_for(
+        "the status of the new token",
+        lambda: (
+            (sc.cr().get("status") or {})
+            if (sc.cr().get("status") or {}).get("tokenExpiresAt") == fresh["expires_at"]
+            else None
+        ),
+    )
+    assert parse_time(status["nextRefreshTime"]) < dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
 
 
 def test_token_url_outside_the_allowlist_sends_nothing(sc: Scenario) -> None:

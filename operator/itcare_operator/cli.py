@@ -23,6 +23,7 @@ from itcare_operator.errors import (
 from itcare_operator.settings import DEFAULT_ALLOWED_TOKEN_URL, Settings
 from itcare_operator.token import ClientCredentials, Token, fingerprint, format_time
 from itcare_operator.token_endpoint import DEFAULT_TOKEN_URL, TokenEndpoint, utcnow
+from itcare_operator.token_url import InvalidTokenURL, is_loopback_http, parse_prefix
 
 __all__ = ["main"]
 
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ca-bundle",
         default=None,
         metavar="FILE",
-        help="PEM CA bundle to verify token endpoints with",
+        help="PEM CA bundle trusted for token endpoints in addition to the default CAs",
     )
     run.add_argument(
         "--volume-delivery-seconds",
@@ -188,7 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--client-id-key", default="client-id", help="key in --from-secret")
     token.add_argument("--client-secret-key", default="client-secret", help="key in --from-secret")
     token.add_argument("--scope", default="", help="space-separated scopes")
-    token.add_argument("--ca-bundle", metavar="FILE", help="PEM CA bundle for the token endpoint")
+    token.add_argument(
+        "--ca-bundle",
+        metavar="FILE",
+        help="PEM CA bundle trusted in addition to the default CAs",
+    )
+    token.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow a plain http --token-url to a non-loopback host (sends the secret in clear)",
+    )
     token.add_argument("--output", choices=("text", "json"), default="text")
     token.add_argument("--print-token", action="store_true", help="also print the access token")
 
@@ -258,8 +268,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if settings.cluster_credentials and settings.namespaces:
         raise UsageError("--cluster-credentials needs cluster-wide mode (no --namespace)")
     for url in settings.allowed_token_urls:
-        if not url.startswith(("https://", "http://")):
-            raise UsageError(f"--allowed-token-url must be an http(s) URL prefix, got {url!r}")
+        try:
+            parse_prefix(url)
+        except InvalidTokenURL as exc:
+            raise UsageError(f"--allowed-token-url: {exc}") from None
     if (
         settings.max_concurrent_requests < 1
         or settings.requests_per_second <= 0
@@ -360,6 +372,15 @@ async def _obtain(args: argparse.Namespace, credentials: ClientCredentials) -> T
 def cmd_token(args: argparse.Namespace) -> int:
     if not args.token_url.startswith(("https://", "http://")):
         raise UsageError("--token-url must be an http(s) URL")
+    if (
+        args.token_url.startswith("http://")
+        and not is_loopback_http(args.token_url)
+        and not args.insecure_http
+    ):
+        raise UsageError(
+            "--token-url is plain http to a non-loopback host: the client secret would "
+            "cross the network in clear text (use https, or --insecure-http to insist)"
+        )
     if args.ca_bundle and not Path(args.ca_bundle).is_file():
         raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
     credentials = credentials_from_args(args)

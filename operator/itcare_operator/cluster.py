@@ -30,16 +30,25 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from itcare_operator.controller import (
-    FORCED_REFRESH_INTERVAL,
     REFRESH_ANNOTATION,
     TokenURLNotAllowed,
+    forced_refresh_allowed_at,
+    refused_target,
     resumed_refresh_at,
     slim,
     slim_credential,
     source_fingerprint,
 )
 from itcare_operator.errors import CredentialError, FailureKind, Reason, TokenEndpointError
-from itcare_operator.kube import GROUP, VERSION, Conflict, KubeClient, KubeError, NotFound
+from itcare_operator.kube import (
+    GROUP,
+    VERSION,
+    Conflict,
+    Invalid,
+    KubeClient,
+    KubeError,
+    NotFound,
+)
 from itcare_operator.logs import Resource, about, fields
 from itcare_operator.metrics import CLUSTER, Metrics
 from itcare_operator.refresh_policy import (
@@ -68,10 +77,10 @@ from itcare_operator.target_secret import (
     desired_secret,
     is_owned,
     needs_write,
-    stored_token,
+    trusted_token,
     updated_secret,
 )
-from itcare_operator.token import Token, format_time
+from itcare_operator.token import Token, digest, format_time
 from itcare_operator.token_endpoint import Grant, TokenEndpoints, utcnow
 
 __all__ = ["FINALIZER", "ClusterController"]
@@ -109,7 +118,7 @@ class ClusterState:
     refresh_at: dt.datetime | None = None
     force: bool = False
     retry_at: dt.datetime | None = None
-    forced_at: float = 0.0
+    forced_at: dt.datetime | None = None
     refresh_request: str | None = None
     source_fingerprint: str | None = None
     selected: frozenset[str] = frozenset()
@@ -200,11 +209,9 @@ class ClusterController:
             self.scheduler.now(name)
         if request != state.refresh_request:
             state.refresh_request = request
-            if request:
+            if request:  # the reconcile applies FORCED_REFRESH_INTERVAL
                 state.force, state.retry_at = True, None
-                wait = state.forced_at + FORCED_REFRESH_INTERVAL - time.time()
-                when = self._clock().timestamp() + max(0.0, wait)
-                self.scheduler.schedule(name, when, earlier_only=True)
+                self.scheduler.now(name)
 
     def credentials_listed(self, items: list[dict[str, Any]]) -> None:
         """After a (re)list: forget credentials deleted while the watch was down."""
@@ -425,6 +432,11 @@ class ClusterController:
             await self._fan_out(state, spec)
             await self._settle(state, spec, now, wake=state.retry_at, next_attempt=state.retry_at)
             return
+        earliest = forced_refresh_allowed_at(state.forced_at)
+        if state.force and valid and not due and earliest is not None and now < earliest:
+            await self._fan_out(state, spec)
+            await self._settle(state, spec, now, wake=earliest, next_attempt=earliest)
+            return
         if not self.settings.token_url_allowed(cred.token_url):
             state.force = False
             await self._failed(
@@ -440,13 +452,17 @@ class ClusterController:
         await self._refresh(state, spec, now)
 
     def _load_stored(self, state: ClusterState, spec: ClusterCredentialSpec) -> None:
-        """The newest valid token among this credential's copies (restart safety)."""
+        """The token this credential's copies hold, if it is provably the one the
+        operator wrote (restart safety). Any tenant of a selected namespace can edit its
+        copy, so a copy proves nothing by itself: its token must match the digest and
+        expiry in the status (see :func:`trusted_token`); forged copies are ignored and
+        then overwritten."""
         state.token_loaded = True
         best: Token | None = None
         for secret in self.copies.get(state.name, {}).values():
             if not is_owned(secret, state.uid):
                 continue
-            token = stored_token(secret, spec.credential.keys)
+            token = trusted_token(secret, spec.credential.keys, state.status_sent)
             if token is not None and (best is None or token.expires_at > best.expires_at):
                 best = token
         if best is not None and (state.token is None or best.expires_at > state.token.expires_at):
@@ -456,12 +472,13 @@ class ClusterController:
         self, state: ClusterState, spec: ClusterCredentialSpec, now: dt.datetime
     ) -> None:
         cred = spec.credential
-        if state.force and state.refresh_request:
-            state.forced_at = time.time()
+        if state.force:
+            state.forced_at = now
         where = (spec.source_namespace, cred.source_name)
         try:
             source = self._sources.get(where)
-            if source is None:  # not watched (unlabelled), or not there: ask
+            if source is None and not self.settings.require_source_label:
+                # As the namespaced kind: no read of a Secret the label does not allow.
                 source = await self.kube.get_secret(*where)
         except KubeError as exc:
             await self._failed(
@@ -625,6 +642,8 @@ class ClusterController:
                         continue
                 copies[(namespace, name)] = slim(written)
                 return None
+        except Invalid as exc:
+            return str(Reason.INVALID_SPEC), str(refused_target(exc))
         except KubeError as exc:
             return str(Reason.TARGET_WRITE_FAILED), str(exc)
         return str(Reason.TARGET_WRITE_FAILED), f"Secret {name} kept changing under us"
@@ -772,7 +791,8 @@ class ClusterController:
             and (wake is None or token.expires_at < wake)
         ):
             wake = token.expires_at
-        if state.failed:
+        if any(reason != Reason.INVALID_SPEC for reason, _ in state.failed.values()):
+            # A refused copy (422) waits for a spec change; other failures are retried.
             retry = now + dt.timedelta(seconds=NAMESPACE_RETRY)
             wake = retry if wake is None or retry < wake else wake
         next_refresh = None if suspended else (next_attempt or state.refresh_at)
@@ -780,6 +800,7 @@ class ClusterController:
             generation=state.generation,
             suspended=suspended,
             token_expires_at=token.expires_at if token else None,
+            token_fingerprint=digest(token.access_token) if token else None,
             refresh_token_expires_at=token.refresh_expires_at
             if token and token.refresh_token
             else None,

@@ -26,7 +26,7 @@ from itcare_operator.errors import (
     Reason,
     TokenEndpointError,
 )
-from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound
+from itcare_operator.kube import Conflict, Invalid, KubeClient, KubeError, NotFound
 from itcare_operator.logs import Resource, about, fields
 from itcare_operator.metrics import Metrics
 from itcare_operator.refresh_policy import (
@@ -52,10 +52,10 @@ from itcare_operator.target_secret import (
     desired_secret,
     is_owned,
     needs_write,
-    stored_token,
+    trusted_token,
     updated_secret,
 )
-from itcare_operator.token import Token, format_time, parse_time
+from itcare_operator.token import Token, digest, format_time, parse_time
 from itcare_operator.token_endpoint import Grant, TokenEndpoints, utcnow
 
 __all__ = [
@@ -71,7 +71,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REFRESH_ANNOTATION = "itcare.cegedim.cloud/refresh-requested-at"
-FORCED_REFRESH_INTERVAL = 10.0  # seconds between two refreshes forced by the annotation
+# Seconds between two forced refreshes of one credential (annotation, spec or source
+# change): edits cannot spend the token endpoint's shared budget.
+FORCED_REFRESH_INTERVAL = dt.timedelta(seconds=10)
 CONFLICT_RETRY = RefreshPolicy(transient_base=15.0, transient_cap=300.0)
 
 Key = tuple[str, str]  # (namespace, name)
@@ -100,7 +102,7 @@ class CredentialState:
     refresh_at: dt.datetime | None = None
     force: bool = False  # a new token is wanted (spec, source, annotation) until one is had
     retry_at: dt.datetime | None = None  # after a failure: no attempt before this
-    forced_at: float = 0.0
+    forced_at: dt.datetime | None = None  # when the last forced refresh was sent
     refresh_request: str | None = None  # last seen value of the annotation
     source_fingerprint: str | None = None  # of the source Secret content used last
     written_version: str | None = None  # resourceVersion of our last target write
@@ -203,7 +205,9 @@ class Controller:
         self._rand = rand
         self.credentials: dict[Key, CredentialState] = {}
         self._by_source: dict[Key, set[Key]] = {}  # (ns, source name) -> credentials
-        self._by_target: dict[Key, Key] = {}  # (ns, target name) -> credential
+        # (ns, target name) -> credentials naming it: a second credential on one target
+        # must not take the index from the owner (its edits would stop waking the owner).
+        self._by_target: dict[Key, set[Key]] = {}
         self.sources: dict[Key, dict[str, Any]] = {}  # source Secrets, from their watch
         # Managed Secrets listed at start-up before their credential was seen.
         self._listed_targets: dict[Key, dict[str, Any]] = {}
@@ -252,15 +256,9 @@ class Controller:
             self.scheduler.now(key)
         if request != state.refresh_request:
             state.refresh_request = request
-            if request:
+            if request:  # the reconcile applies FORCED_REFRESH_INTERVAL
                 state.force, state.retry_at = True, None
-                wait = state.forced_at + FORCED_REFRESH_INTERVAL - time.time()
-                if wait > 0:
-                    self.scheduler.schedule(
-                        key, self._clock().timestamp() + wait, earlier_only=True
-                    )
-                else:
-                    self.scheduler.now(key)
+                self.scheduler.now(key)
 
     def credentials_listed(self, namespace: str | None, items: list[dict[str, Any]]) -> None:
         """After a (re)list of ``namespace`` (None: all): forget credentials deleted
@@ -302,7 +300,14 @@ class Controller:
 
     def target_secret_event(self, type_: str | None, secret: Mapping[str, Any]) -> None:
         meta = secret.get("metadata") or {}
-        key = self._by_target.get((meta.get("namespace", ""), meta.get("name", "")))
+        keys = self._by_target.get((meta.get("namespace", ""), meta.get("name", ""))) or set()
+        if len(keys) > 1:  # several name it: its owner, if any, is the one to wake
+            states = [self.credentials[k] for k in keys if k in self.credentials]
+            owners = [st for st in states if is_owned(secret, st.uid)]
+            for named in owners if owners and type_ != "DELETED" else states:
+                self._target_changed(named, type_, secret)
+            return
+        key = next(iter(keys), None)
         if key is None:
             owner = (meta.get("labels") or {}).get(CREDENTIAL_LABEL)
             key = (meta.get("namespace", ""), owner) if owner else None
@@ -315,6 +320,12 @@ class Controller:
                     secret
                 )
             return
+        self._target_changed(state, type_, secret)
+
+    def _target_changed(
+        self, state: CredentialState, type_: str | None, secret: Mapping[str, Any]
+    ) -> None:
+        meta = secret.get("metadata") or {}
         if type_ is None and not state.token_loaded:
             # Initial listing: remember the stored token without an API call.
             self._load_stored(state, secret)
@@ -336,7 +347,7 @@ class Controller:
         if source_key:
             self._by_source.setdefault(source_key, set()).add(state.key)
         if target_key:
-            self._by_target[target_key] = state.key
+            self._by_target.setdefault(target_key, set()).add(state.key)
         state.indexed = (source_key, target_key)
 
     def _unindex(self, state: CredentialState) -> None:
@@ -346,8 +357,11 @@ class Controller:
             users.discard(state.key)
             if not users:
                 del self._by_source[source_key]
-        if target_key and self._by_target.get(target_key) == state.key:
-            del self._by_target[target_key]
+        if target_key and target_key in self._by_target:
+            users = self._by_target[target_key]
+            users.discard(state.key)
+            if not users:
+                del self._by_target[target_key]
         state.indexed = (None, None)
 
     def _forget(self, key: Key) -> None:
@@ -373,7 +387,7 @@ class Controller:
             keys = self._parse(state.body.get("spec")).keys
         except InvalidSpec:
             return
-        token = stored_token(secret, keys)
+        token = trusted_token(secret, keys, state.status_sent)
         if token is not None and (state.token is None or token.expires_at > state.token.expires_at):
             state.token = token
             state.written_version = (secret.get("metadata") or {}).get("resourceVersion")
@@ -389,6 +403,8 @@ class Controller:
                 await self.reconcile(state)
             except TargetConflictDuringWrite as exc:
                 await self._failed(state, None, exc, self._clock(), policy=CONFLICT_RETRY)
+            except Invalid as exc:
+                await self._failed(state, None, refused_target(exc), self._clock(), retry=False)
             except KubeError as exc:
                 log.warning(
                     "%s/%s: %s; retrying in 2s", *state.key, exc, extra=fields("KubeRequestFailed")
@@ -456,6 +472,12 @@ class Controller:
             await self._write_target(state, spec, owner, target)
             await self._settle(state, spec, now, wake=state.retry_at, next_attempt=state.retry_at)
             return
+        earliest = forced_refresh_allowed_at(state.forced_at)
+        if state.force and valid and not due and earliest is not None and now < earliest:
+            # Forced again too soon: the still-valid token stays, the new one follows.
+            await self._write_target(state, spec, owner, target)
+            await self._settle(state, spec, now, wake=earliest, next_attempt=earliest)
+            return
         if not self.settings.token_url_allowed(spec.token_url):
             state.force = False
             await self._failed(
@@ -480,12 +502,15 @@ class Controller:
         target: dict[str, Any] | None,
         now: dt.datetime,
     ) -> None:
-        if state.force and state.refresh_request:
-            state.forced_at = time.time()
+        if state.force:
+            state.forced_at = now
         grant = spec.grant
         try:
             source = self.sources.get((state.namespace, spec.source_name))
-            if source is None:  # not watched (unlabelled), or not there: ask
+            if source is None and not self.settings.require_source_label:
+                # With the label required, the watch holds every Secret the operator may
+                # read: one missing there is reported alike whether it exists or not,
+                # without reading it (no existence oracle). Without the label, ask.
                 source = await self.kube.get_secret(state.namespace, spec.source_name)
         except KubeError as exc:
             await self._failed(
@@ -547,6 +572,9 @@ class Controller:
             await self._write_target(state, spec, owner, target)
         except TargetConflictDuringWrite as exc:
             await self._failed(state, spec, exc, self._clock(), policy=CONFLICT_RETRY)
+            return
+        except Invalid as exc:
+            await self._failed(state, None, refused_target(exc), self._clock(), retry=False)
             return
         except KubeError as exc:
             log.warning(
@@ -722,6 +750,7 @@ class Controller:
             generation=state.generation,
             suspended=suspended,
             token_expires_at=token.expires_at if token else None,
+            token_fingerprint=digest(token.access_token) if token else None,
             refresh_token_expires_at=token.refresh_expires_at
             if token and token.refresh_token
             else None,
@@ -786,6 +815,20 @@ class Controller:
 
     async def _event(self, state: CredentialState, type_: str, reason: str, message: str) -> None:
         await self.kube.create_event(state.involved, type_, reason, message)
+
+
+def forced_refresh_allowed_at(forced_at: dt.datetime | None) -> dt.datetime | None:
+    """When the next forced refresh may be sent (None: now)."""
+    return None if forced_at is None else forced_at + FORCED_REFRESH_INTERVAL
+
+
+def refused_target(exc: Invalid) -> InvalidSpec:
+    """The API server refused the target Secret (422): the spec must change, so this is
+    terminal until it does, not retried every few seconds."""
+    return InvalidSpec(
+        f"the API server refused the target Secret ({exc}); check targetSecret "
+        "labels, annotations and keys"
+    )
 
 
 class TargetConflictDuringWrite(TargetConflict):

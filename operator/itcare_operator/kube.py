@@ -37,6 +37,7 @@ __all__ = [
     "PLURAL",
     "VERSION",
     "Conflict",
+    "Invalid",
     "KubeClient",
     "KubeError",
     "NotFound",
@@ -79,6 +80,10 @@ class Conflict(KubeError):
     """409: resourceVersion conflict or AlreadyExists."""
 
 
+class Invalid(KubeError):
+    """422: the object breaks a validation rule; resending it cannot succeed."""
+
+
 def load_config() -> kubernetes.client.Configuration:
     """In-cluster configuration, else ``KUBECONFIG`` / ``~/.kube/config``."""
     config = kubernetes.client.Configuration()
@@ -115,6 +120,8 @@ def _error(status: int, reason: str, body: bytes, what: str) -> KubeError:
         return NotFound(message, status)
     if status == 409:
         return Conflict(message, status)
+    if status == 422:
+        return Invalid(message, status)
     return KubeError(message, status)
 
 

@@ -29,6 +29,10 @@ __all__ = [
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+# Kubernetes qualified names (label and annotation keys) and label values.
+QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+MAX_ANNOTATIONS_BYTES = 256 * 1024
 LOCAL_HTTP = re.compile(r"^http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?(/.*)?$")
 
 
@@ -92,6 +96,35 @@ def _string_map(value: Any, where: str) -> dict[str, str]:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):
         raise InvalidSpec(f"{where} must map strings to strings")
     return dict(doc)
+
+
+def _qualified_key(key: str) -> bool:
+    """``[prefix/]name`` as the API server checks label and annotation keys."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)):
+        return False
+    return 0 < len(name) <= 63 and bool(QUALIFIED_NAME.match(name))
+
+
+def _labels(value: Any, where: str) -> dict[str, str]:
+    labels = _string_map(value, where)
+    for key, text in labels.items():
+        if not _qualified_key(key):
+            raise InvalidSpec(f"{where}: {key[:80]!r} is not a valid label key")
+        if len(text) > 63 or not LABEL_VALUE.match(text):
+            raise InvalidSpec(f"{where}: the value of {key!r} is not a valid label value")
+    return labels
+
+
+def _annotations(value: Any, where: str) -> dict[str, str]:
+    annotations = _string_map(value, where)
+    for key in annotations:
+        if not _qualified_key(key):
+            raise InvalidSpec(f"{where}: {key[:80]!r} is not a valid annotation key")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+    if size > MAX_ANNOTATIONS_BYTES - 4096:  # room for the operator's own annotations
+        raise InvalidSpec(f"{where} are larger than the API server allows")
+    return annotations
 
 
 def _name(doc: Mapping[str, Any], where: str) -> str:
@@ -165,8 +198,8 @@ def parse_spec(spec: Mapping[str, Any] | None) -> CredentialSpec:
         grant=grant,
         refresh_before=None if before is None else dt.timedelta(seconds=before),
         target_name=target_name,
-        target_labels=_string_map(target.get("labels"), "spec.targetSecret.labels"),
-        target_annotations=_string_map(target.get("annotations"), "spec.targetSecret.annotations"),
+        target_labels=_labels(target.get("labels"), "spec.targetSecret.labels"),
+        target_annotations=_annotations(target.get("annotations"), "spec.targetSecret.annotations"),
         keys=keys,
         suspend=suspend,
     )

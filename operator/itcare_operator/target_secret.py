@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from itcare_operator.spec import CredentialSpec, SecretKeys
-from itcare_operator.token import Token, format_time, parse_time
+from itcare_operator.token import Token, digest, format_time, parse_time, usable_access_token
 
 __all__ = [
     "CLUSTER_CREDENTIAL_LABEL",
@@ -29,6 +29,7 @@ __all__ = [
     "is_owned",
     "needs_write",
     "stored_token",
+    "trusted_token",
     "updated_secret",
 ]
 
@@ -186,8 +187,35 @@ def stored_token(secret: Mapping[str, Any] | None, keys: SecretKeys) -> Token | 
         received_at = parse_time(refreshed) if refreshed else None
     except (binascii.Error, ValueError, UnicodeDecodeError):
         return None
-    if not access_token:
+    if not usable_access_token(access_token):
         return None
     if received_at is None or received_at >= expires_at:
         received_at = expires_at - dt.timedelta(seconds=1)
     return Token(access_token=access_token, received_at=received_at, expires_at=expires_at)
+
+
+def trusted_token(
+    secret: Mapping[str, Any] | None, keys: SecretKeys, status: Mapping[str, Any] | None
+) -> Token | None:
+    """The token a target Secret holds, if it provably is the one the operator wrote.
+
+    Anyone who can edit the Secret can change its token and expiry; only the operator
+    writes the credential's status. The stored token is reused (restart safety) only
+    when its digest and expiry equal ``status.tokenFingerprint`` and
+    ``status.tokenExpiresAt``; its receive time then comes from
+    ``status.lastRefreshTime``, not from the Secret's annotation.
+    """
+    token = stored_token(secret, keys)
+    if token is None or not status:
+        return None
+    if status.get("tokenFingerprint") != digest(token.access_token):
+        return None
+    if status.get("tokenExpiresAt") != format_time(token.expires_at):
+        return None
+    try:
+        received_at = parse_time(str(status.get("lastRefreshTime") or ""))
+    except ValueError:
+        received_at = token.expires_at - dt.timedelta(seconds=1)
+    if received_at >= token.expires_at:
+        received_at = token.expires_at - dt.timedelta(seconds=1)
+    return dataclasses.replace(token, received_at=received_at)
