@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,18 +54,55 @@ def _env_list(name: str) -> list[str] | None:
     return [item for item in value.replace(",", " ").split() if item]
 
 
+# argparse names the converter function in its own "invalid <name> value" message;
+# raising ArgumentTypeError gives the user our text after the flag's name instead.
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("must be a port number (0 disables)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0..65535, 0 disables)")
     return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    """``--kubeconfig``/``--context``, as kubectl spells them, on every command that
+    talks to a cluster."""
+    parser.add_argument(
+        "--kubeconfig",
+        default=None,
+        metavar="FILE",
+        help="kubeconfig file (default: in-cluster, else KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument("--context", default=None, metavar="NAME", help="kubeconfig context to use")
+
+
+def check_token_url(url: str) -> None:
+    """A usage error, before any request, for a URL that cannot name an endpoint."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise UsageError("--token-url must be an http(s) URL with a host")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,14 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--requests-per-second",
-        type=float,
+        type=_positive_float,
         default=None,
         metavar="R",
         help="token requests started per second per token endpoint (20)",
     )
     run.add_argument(
         "--token-timeout",
-        type=float,
+        type=_positive_float,
         default=None,
         metavar="SECONDS",
         help="total time one token request may take (20)",
@@ -156,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace a ClusterITCareCredential may read its API account from "
         "(repeatable; default: the operator's own namespace, POD_NAMESPACE)",
     )
+    add_cluster_flags(run)
 
     token = sub.add_parser(
         "token",
@@ -181,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ca-bundle", metavar="FILE", help="PEM CA bundle for the token endpoint")
     token.add_argument("--output", choices=("text", "json"), default="text")
     token.add_argument("--print-token", action="store_true", help="also print the access token")
+    add_cluster_flags(token)
 
     sub.add_parser("version", help="print the version")
     return parser
@@ -235,6 +275,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             )
         ),
         operator_namespace=os.environ.get("POD_NAMESPACE") or defaults.operator_namespace,
+        kubeconfig=args.kubeconfig or _env("kubeconfig"),
+        context=args.context or _env("context"),
     )
     if settings.cluster_credentials and settings.namespaces:
         raise UsageError("--cluster-credentials needs cluster-wide mode (no --namespace)")
@@ -275,15 +317,17 @@ def credentials_from_args(args: argparse.Namespace) -> ClientCredentials:
 
         try:
             return read_credentials_sync(
-                namespace, name, args.client_id_key, args.client_secret_key
+                namespace,
+                name,
+                args.client_id_key,
+                args.client_secret_key,
+                kubeconfig=args.kubeconfig,
+                context=args.context,
             )
         except CredentialError as exc:
             raise UsageError(f"--from-secret {namespace}/{name}: {exc}") from None
         except (kubernetes.config.ConfigException, OSError) as exc:
-            raise UsageError(
-                f"--from-secret: no usable kubeconfig ({type(exc).__name__}); "
-                "set KUBECONFIG or run in a cluster"
-            ) from None
+            raise UsageError(f"--from-secret: {kubeconfig_problem(exc)}") from None
     if bool(args.client_id_file) != bool(args.client_secret_file):
         raise UsageError("--client-id-file and --client-secret-file go together")
     if args.client_id_file:
@@ -339,8 +383,7 @@ async def _obtain(args: argparse.Namespace, credentials: ClientCredentials) -> T
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    if not args.token_url.startswith(("https://", "http://")):
-        raise UsageError("--token-url must be an http(s) URL")
+    check_token_url(args.token_url)
     if args.ca_bundle and not Path(args.ca_bundle).is_file():
         raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
     credentials = credentials_from_args(args)
@@ -359,6 +402,26 @@ def cmd_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def kubeconfig_problem(exc: Exception) -> str:
+    """One line for an unusable kubeconfig; the loader's text names the file or context,
+    never its credentials."""
+    detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return f"no usable kubeconfig ({detail}); set KUBECONFIG, --kubeconfig or run in a cluster"
+
+
+def check_kubeconfig(settings: Settings) -> None:
+    """Load the cluster configuration once before starting, so that a missing kubeconfig
+    or context is a usage error instead of a traceback from inside the operator."""
+    import kubernetes
+
+    from itcare_operator.kube import load_config
+
+    try:
+        load_config(settings.kubeconfig, settings.context)
+    except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
+        raise UsageError(kubeconfig_problem(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on bad usage
@@ -369,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             return cmd_token(args)
         settings = settings_from_args(args)
+        check_kubeconfig(settings)
     except UsageError as exc:
         print(f"itcare-operator: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
