@@ -43,8 +43,8 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     ``--context``); kopf's default login knows neither flag."""
     settings = memo.controller.settings
     config = load_config(settings.kubeconfig, settings.context)
-    header = str(config.auth_settings().get("BearerToken", {}).get("value") or "")
-    scheme, _, token = header.rpartition(" ")  # "Bearer <token>"
+    bearer = config.auth_settings().get("BearerToken") or {}
+    scheme, _sep, token = str(bearer.get("value") or "").rpartition(" ")  # "Bearer <token>"
     return kopf.ConnectionInfo(
         server=config.host,
         ca_path=config.ssl_ca_cert,
