@@ -43,7 +43,7 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     ``--context``); kopf's default login knows neither flag."""
     settings = memo.controller.settings
     config = load_config(settings.kubeconfig, settings.context)
-    bearer = config.auth_settings().get("BearerToken") or {}
+    bearer: dict[str, Any] = config.auth_settings().get("BearerToken") or {}
     scheme, _sep, token = str(bearer.get("value") or "").rpartition(" ")  # "Bearer <token>"
     return kopf.ConnectionInfo(
         server=config.host,
