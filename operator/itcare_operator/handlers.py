@@ -43,8 +43,9 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     ``--context``); kopf's default login knows neither flag."""
     settings = memo.controller.settings
     config = load_config(settings.kubeconfig, settings.context)
-    bearer: dict[str, Any] = config.auth_settings().get("BearerToken") or {}
-    scheme, _sep, token = str(bearer.get("value") or "").rpartition(" ")  # "Bearer <token>"
+    bearer = config.auth_settings().get("BearerToken")
+    header = str(bearer.get("value") or "") if bearer else ""
+    scheme, _sep, token = header.rpartition(" ")  # "Bearer <token>"
     return kopf.ConnectionInfo(
         server=config.host,
         ca_path=config.ssl_ca_cert,
