@@ -24,7 +24,7 @@ from itcare_operator.settings import DEFAULT_ALLOWED_TOKEN_URL, Settings
 from itcare_operator.token import ClientCredentials, Token, fingerprint, format_time
 from itcare_operator.token_endpoint import DEFAULT_TOKEN_URL, TokenEndpoint, utcnow
 
-__all__ = ["main"]
+__all__ = ["UsageError", "add_cluster_flags", "add_token_arguments", "cmd_token", "main"]
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED, EXIT_UNAVAILABLE, EXIT_INVALID = 0, 2, 3, 4, 5
 ENV_PREFIX = "ITCARE_OPERATOR_"
@@ -103,6 +103,33 @@ def check_token_url(url: str) -> None:
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("https", "http") or not parsed.hostname:
         raise UsageError("--token-url must be an http(s) URL with a host")
+
+
+TOKEN_DESCRIPTION = (
+    "Obtain one token and report its expiry and fingerprint. Credentials come from "
+    "ITCARE_CLIENT_ID/ITCARE_CLIENT_SECRET, from files, or from a Kubernetes Secret. "
+    "Exit codes: 0 ok, 2 usage, 3 credentials rejected, 4 endpoint unavailable, "
+    "5 invalid response."
+)
+
+
+def add_token_arguments(token: argparse.ArgumentParser) -> None:
+    """The flags of ``itcare-operator token``, shared with ``kubectl itcare check``."""
+    token.add_argument("--token-url", default=DEFAULT_TOKEN_URL, metavar="URL")
+    token.add_argument("--client-id-file", metavar="FILE")
+    token.add_argument("--client-secret-file", metavar="FILE")
+    token.add_argument(
+        "--from-secret",
+        metavar="NAMESPACE/NAME",
+        help="read the API account from this Secret through the kubeconfig",
+    )
+    token.add_argument("--client-id-key", default="client-id", help="key in --from-secret")
+    token.add_argument("--client-secret-key", default="client-secret", help="key in --from-secret")
+    token.add_argument("--scope", default="", help="space-separated scopes")
+    token.add_argument("--ca-bundle", metavar="FILE", help="PEM CA bundle for the token endpoint")
+    token.add_argument("--output", choices=("text", "json"), default="text")
+    token.add_argument("--print-token", action="store_true", help="also print the access token")
+    add_cluster_flags(token)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,28 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser(
         "token",
         help="obtain one token to check an API account",
-        description=(
-            "Obtain one token and report its expiry and fingerprint. Credentials come from "
-            "ITCARE_CLIENT_ID/ITCARE_CLIENT_SECRET, from files, or from a Kubernetes Secret. "
-            "Exit codes: 0 ok, 2 usage, 3 credentials rejected, 4 endpoint unavailable, "
-            "5 invalid response."
-        ),
+        description=TOKEN_DESCRIPTION,
     )
-    token.add_argument("--token-url", default=DEFAULT_TOKEN_URL, metavar="URL")
-    token.add_argument("--client-id-file", metavar="FILE")
-    token.add_argument("--client-secret-file", metavar="FILE")
-    token.add_argument(
-        "--from-secret",
-        metavar="NAMESPACE/NAME",
-        help="read the API account from this Secret through the kubeconfig",
-    )
-    token.add_argument("--client-id-key", default="client-id", help="key in --from-secret")
-    token.add_argument("--client-secret-key", default="client-secret", help="key in --from-secret")
-    token.add_argument("--scope", default="", help="space-separated scopes")
-    token.add_argument("--ca-bundle", metavar="FILE", help="PEM CA bundle for the token endpoint")
-    token.add_argument("--output", choices=("text", "json"), default="text")
-    token.add_argument("--print-token", action="store_true", help="also print the access token")
-    add_cluster_flags(token)
+    add_token_arguments(token)
 
     sub.add_parser("version", help="print the version")
     return parser
