@@ -269,3 +269,20 @@ def test_settings_take_kubeconfig_and_context_from_flags_or_env(
     monkeypatch.setenv("ITCARE_OPERATOR_CONTEXT", "e")
     settings = settings_from_args(build_parser().parse_args(["run"]))
     assert (settings.kubeconfig, settings.context) == ("/env", "e")
+
+
+def test_a_kubeconfig_that_is_not_yaml_is_one_line_without_its_text(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("users:\n- name: u\n  user: {token: sekrit-token-value\n")
+    for args in (("run", "--standalone"), ("token", "--from-secret", "a/b")):
+        proc = cli(*args, "--kubeconfig", str(kubeconfig))
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "not valid YAML at line" in proc.stderr and "sekrit" not in proc.stderr
+
+
+def test_a_missing_kubeconfig_file_is_named(tmp_path: Path) -> None:
+    proc = cli("run", "--kubeconfig", str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 2 and f"--kubeconfig {tmp_path / 'nope.yaml'}: no such file" in (
+        proc.stderr
+    )

@@ -10,6 +10,7 @@ import sys
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from itcare_operator._version import __version__
 from itcare_operator.errors import (
@@ -24,7 +25,14 @@ from itcare_operator.settings import DEFAULT_ALLOWED_TOKEN_URL, Settings
 from itcare_operator.token import ClientCredentials, Token, fingerprint, format_time
 from itcare_operator.token_endpoint import DEFAULT_TOKEN_URL, TokenEndpoint, utcnow
 
-__all__ = ["UsageError", "add_cluster_flags", "add_token_arguments", "cmd_token", "main"]
+__all__ = [
+    "UsageError",
+    "add_cluster_flags",
+    "add_token_arguments",
+    "cmd_token",
+    "load_cluster_config",
+    "main",
+]
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED, EXIT_UNAVAILABLE, EXIT_INVALID = 0, 2, 3, 4, 5
 ENV_PREFIX = "ITCARE_OPERATOR_"
@@ -320,9 +328,11 @@ def credentials_from_args(args: argparse.Namespace) -> ClientCredentials:
         if not namespace or not name:
             raise UsageError("--from-secret takes NAMESPACE/NAME")
         import kubernetes
+        import yaml
 
         from itcare_operator.kube import read_credentials_sync
 
+        load_cluster_config(args.kubeconfig, args.context)  # usage errors before any call
         try:
             return read_credentials_sync(
                 namespace,
@@ -334,7 +344,7 @@ def credentials_from_args(args: argparse.Namespace) -> ClientCredentials:
             )
         except CredentialError as exc:
             raise UsageError(f"--from-secret {namespace}/{name}: {exc}") from None
-        except (kubernetes.config.ConfigException, OSError) as exc:
+        except (kubernetes.config.ConfigException, yaml.YAMLError, OSError) as exc:
             raise UsageError(f"--from-secret: {kubeconfig_problem(exc)}") from None
     if bool(args.client_id_file) != bool(args.client_secret_file):
         raise UsageError("--client-id-file and --client-secret-file go together")
@@ -411,23 +421,38 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def kubeconfig_problem(exc: Exception) -> str:
-    """One line for an unusable kubeconfig; the loader's text names the file or context,
-    never its credentials."""
-    detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+    """One line for an unusable kubeconfig. The loader's messages name keys, files and
+    contexts; a YAML error would quote the file's text, which may hold a token, so only
+    its line number is kept."""
+    import yaml
+
+    if isinstance(exc, yaml.YAMLError):
+        mark = getattr(exc, "problem_mark", None)
+        detail = f"not valid YAML{f' at line {mark.line + 1}' if mark else ''}"
+    else:
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
     return f"no usable kubeconfig ({detail}); set KUBECONFIG, --kubeconfig or run in a cluster"
+
+
+def load_cluster_config(kubeconfig: str | None, context: str | None) -> Any:
+    """The cluster configuration, or a one-line :class:`UsageError`."""
+    import kubernetes
+    import yaml
+
+    from itcare_operator.kube import load_config
+
+    if kubeconfig and not Path(kubeconfig).is_file():
+        raise UsageError(f"--kubeconfig {kubeconfig}: no such file")
+    try:
+        return load_config(kubeconfig, context)
+    except (kubernetes.config.ConfigException, yaml.YAMLError, OSError, ValueError) as exc:
+        raise UsageError(kubeconfig_problem(exc)) from None
 
 
 def check_kubeconfig(settings: Settings) -> None:
     """Load the cluster configuration once before starting, so that a missing kubeconfig
     or context is a usage error instead of a traceback from inside the operator."""
-    import kubernetes
-
-    from itcare_operator.kube import load_config
-
-    try:
-        load_config(settings.kubeconfig, settings.context)
-    except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
-        raise UsageError(kubeconfig_problem(exc)) from None
+    load_cluster_config(settings.kubeconfig, settings.context)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

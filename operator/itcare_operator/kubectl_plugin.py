@@ -21,7 +21,7 @@ from itcare_operator.cli import (
     add_cluster_flags,
     add_token_arguments,
     cmd_token,
-    kubeconfig_problem,
+    load_cluster_config,
 )
 from itcare_operator.controller import REFRESH_ANNOTATION
 from itcare_operator.token import format_time, parse_time
@@ -91,12 +91,7 @@ class KubeCredentialStore:
     def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
         import kubernetes
 
-        from itcare_operator.kube import load_config
-
-        try:
-            configuration = load_config(kubeconfig, context)
-        except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
-            raise UsageError(kubeconfig_problem(exc)) from None
+        configuration = load_cluster_config(kubeconfig, context)
         self._client = kubernetes.client.ApiClient(configuration)
         self._custom = kubernetes.client.CustomObjectsApi(self._client)
 
