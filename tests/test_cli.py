@@ -286,3 +286,16 @@ def test_a_missing_kubeconfig_file_is_named(tmp_path: Path) -> None:
     assert proc.returncode == 2 and f"--kubeconfig {tmp_path / 'nope.yaml'}: no such file" in (
         proc.stderr
     )
+
+
+def test_kopf_logs_in_with_the_kubeconfig_and_context_flags(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from itcare_operator.handlers import login
+    from itcare_operator.settings import Settings
+
+    kubeconfig = str(two_context_kubeconfig(tmp_path / "kubeconfig"))
+    settings = Settings(kubeconfig=kubeconfig, context="b")
+    memo = SimpleNamespace(controller=SimpleNamespace(settings=settings))
+    info = login(memo=memo)
+    assert (info.server, info.scheme, info.token) == ("https://127.0.0.1:10", "Bearer", "x")
