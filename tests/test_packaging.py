@@ -74,6 +74,11 @@ def test_the_wheel_the_image_installs_works_in_a_fresh_venv(tmp_path: Path) -> N
         [str(exe), "run", "--help"], capture_output=True, text=True, check=True
     )
     assert "--allowed-token-url" in helptext.stdout
+    plugin = tmp_path / "venv" / "bin" / "kubectl-itcare"  # kubectl runs it as kubectl itcare
+    plugin_help = subprocess.run(
+        [str(plugin), "status", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "troubleshooting entry" in plugin_help.stdout
     # the package is importable without the repository on the path
     probe = subprocess.run(
         [str(python), "-c", "import itcare_operator.runner, sys; print(sys.prefix)"],

@@ -84,9 +84,17 @@ class Invalid(KubeError):
     """422: the object breaks a validation rule; resending it cannot succeed."""
 
 
-def load_config() -> kubernetes.client.Configuration:
-    """In-cluster configuration, else ``KUBECONFIG`` / ``~/.kube/config``."""
+def load_config(
+    kubeconfig: str | None = None, context: str | None = None
+) -> kubernetes.client.Configuration:
+    """In-cluster configuration, else ``KUBECONFIG`` / ``~/.kube/config``; an explicit
+    kubeconfig file or context (the CLI flags) wins over in-cluster configuration."""
     config = kubernetes.client.Configuration()
+    if kubeconfig or context:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=config
+        )
+        return config
     try:
         kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
@@ -634,10 +642,16 @@ def _batches(resp: Any) -> Iterator[list[dict[str, Any]]]:
 
 
 def read_credentials_sync(
-    namespace: str, name: str, client_id_key: str, client_secret_key: str
+    namespace: str,
+    name: str,
+    client_id_key: str,
+    client_secret_key: str,
+    *,
+    kubeconfig: str | None = None,
+    context: str | None = None,
 ) -> ClientCredentials:
     """For ``itcare-operator token --from-secret``: read an API account Secret now."""
-    client = kubernetes.client.ApiClient(load_config())
+    client = kubernetes.client.ApiClient(load_config(kubeconfig, context))
     try:
         core = kubernetes.client.CoreV1Api(client)
         try:

@@ -26,6 +26,7 @@ from itcare_operator.kube import (
     Watch,
     cluster_credential_watch,
     credential_watch,
+    load_config,
     namespace_watch,
 )
 from itcare_operator.leader import LeaseElector, LostLeadership
@@ -191,7 +192,7 @@ class _Memo(kopf.Memo):
 
 
 async def _operate(settings: Settings) -> int:
-    kube = KubeClient(threads=16)
+    kube = KubeClient(load_config(settings.kubeconfig, settings.context), threads=16)
     runtime = Runtime(settings, kube)
     elector: LeaseElector | None = None
     identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"

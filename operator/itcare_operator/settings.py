@@ -72,6 +72,12 @@ class Settings:
     operator_namespace: str = "default"
     """The operator's own namespace (``POD_NAMESPACE``): Lease, cluster-scoped events."""
 
+    kubeconfig: str | None = None
+    """kubeconfig file; default: in-cluster, else ``KUBECONFIG`` or ``~/.kube/config``."""
+
+    context: str | None = None
+    """kubeconfig context; default: the file's current context."""
+
     @property
     def source_namespaces(self) -> tuple[str, ...]:
         return self.allowed_source_namespaces or (self.operator_namespace,)

@@ -15,6 +15,7 @@ import email.utils
 import enum
 import json
 import logging
+import socket
 import ssl
 import time
 import zlib
@@ -315,21 +316,28 @@ def _too_large(status: int) -> InvalidTokenResponse:
 
 
 def _describe_transport_error(exc: httpx.HTTPError) -> str:
+    """Which failure (DNS, refused, TLS, ...) and where: ``host:port`` only, never the
+    URL, whose user-info or query could hold a credential."""
+    where = _endpoint_address(exc)
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS certificate verification failed: {cause.verify_message}"
+            return f"TLS certificate verification failed for {where}: {cause.verify_message}"
         if isinstance(cause, ssl.SSLError):
-            return f"TLS handshake failed: {cause.reason or type(cause).__name__}"
+            return f"TLS handshake with {where} failed: {cause.reason or type(cause).__name__}"
+        if isinstance(cause, socket.gaierror):
+            return f"token endpoint unreachable: DNS lookup of {where.rpartition(':')[0]} failed"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"token endpoint unreachable: connection to {where} refused"
         cause = cause.__cause__ or cause.__context__
     kinds: dict[type[httpx.HTTPError], str] = {
-        httpx.ConnectError: "connection failed",
-        httpx.RemoteProtocolError: "connection closed or broken mid-response",
-        httpx.ReadError: "connection reset while reading",
-        httpx.WriteError: "connection reset while sending",
+        httpx.ConnectError: "connection to {} failed",
+        httpx.RemoteProtocolError: "connection to {} closed or broken mid-response",
+        httpx.ReadError: "connection to {} reset while reading",
+        httpx.WriteError: "connection to {} reset while sending",
         httpx.UnsupportedProtocol: "unsupported URL scheme",
     }
-    kind = kinds.get(type(exc), type(exc).__name__)
+    kind = kinds.get(type(exc), type(exc).__name__ + " ({})").format(where)
     return f"token endpoint unreachable: {kind}"
 
 
@@ -358,6 +366,16 @@ def _encodings(secret: str) -> set[str]:
     forms |= _base64_cores(secret.encode())
     forms |= _base64_cores(quote_plus(secret).encode())
     return {f for f in forms if f and f != secret}
+
+
+def _endpoint_address(exc: httpx.HTTPError) -> str:
+    try:
+        url = exc.request.url
+    except RuntimeError:  # an error raised without its request
+        return "the token endpoint"
+    port = url.port or {"https": 443, "http": 80}.get(url.scheme)
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{host}:{port}" if port else host
 
 
 def scrub(text: str, secrets: Iterable[str], limit: int = 200) -> str:
