@@ -239,6 +239,34 @@ def test_deleting_the_credential_garbage_collects_the_secret(sc: Scenario) -> No
     )
 
 
+def test_retained_target_outlives_the_credential(sc: Scenario) -> None:
+    """``deletionPolicy: Retain``: no owner reference, so deleting the credential keeps
+    the Secret with its last token (as External Secrets' ``deletionPolicy: Retain``)."""
+    sc.source()
+    sc.credential(targetSecret={"name": "itcare-token", "deletionPolicy": "Retain"})
+    sc.run()
+    token = sc.wait_token()
+    sc.wait_condition("Ready", "True", "TokenValid")
+    secret = sc.core.read_namespaced_secret("itcare-token", sc.namespace)
+    assert not secret.metadata.owner_references
+    # Still the operator's while the credential lives: an edit is repaired.
+    sc.core.patch_namespaced_secret(
+        "itcare-token", sc.namespace, {"stringData": {"access_token": "edited"}}
+    )
+    wait_for("the edit repaired", lambda: sc.token() == token)
+    sc.custom.delete_namespaced_custom_object(GROUP, VERSION, sc.namespace, PLURAL, "billing")
+    wait_for(
+        "the credential gone",
+        lambda: (
+            not sc.custom.list_namespaced_custom_object(GROUP, VERSION, sc.namespace, PLURAL)[
+                "items"
+            ]
+        ),
+    )
+    time.sleep(3)  # the garbage collector had its chance
+    assert sc.token() == token
+
+
 def test_spec_change_refreshes_now(sc: Scenario) -> None:
     sc.source()
     sc.credential()

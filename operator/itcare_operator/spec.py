@@ -60,6 +60,8 @@ class CredentialSpec:
     grant: Grant = Grant.CLIENT_CREDENTIALS
     refresh_before: dt.timedelta | None = None
     target_name: str = ""
+    retain: bool = False
+    """``targetSecret.deletionPolicy: Retain``: the target Secret outlives the credential."""
     target_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     target_annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
     keys: SecretKeys = SecretKeys()
@@ -141,6 +143,13 @@ def _key(doc: Mapping[str, Any], key: str, where: str, default: str) -> str:
     return value
 
 
+def _deletion_policy(target: Mapping[str, Any]) -> str:
+    policy = target.get("deletionPolicy", "Delete")
+    if policy not in ("Delete", "Retain"):
+        raise InvalidSpec("spec.targetSecret.deletionPolicy must be Delete or Retain")
+    return str(policy)
+
+
 def parse_spec(spec: Mapping[str, Any] | None) -> CredentialSpec:
     """Apply defaults and the CRD's rules; raise :class:`InvalidSpec` with a clear message."""
     spec = _mapping(spec, "spec")
@@ -198,6 +207,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> CredentialSpec:
         grant=grant,
         refresh_before=None if before is None else dt.timedelta(seconds=before),
         target_name=target_name,
+        retain=_deletion_policy(target) == "Retain",
         target_labels=_labels(target.get("labels"), "spec.targetSecret.labels"),
         target_annotations=_annotations(target.get("annotations"), "spec.targetSecret.annotations"),
         keys=keys,

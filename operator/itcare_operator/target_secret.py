@@ -86,7 +86,11 @@ def desired_secret(spec: CredentialSpec, owner: Owner, token: Token) -> dict[str
         EXPIRES_AT_ANNOTATION: format_time(token.expires_at),
         REFRESHED_AT_ANNOTATION: format_time(token.received_at),
     }
-    if owner.cluster:
+    # An owner reference makes the garbage collector delete the Secret with its owner;
+    # a copy of a cluster credential (deleted by the operator itself) and a target kept
+    # on deletion (deletionPolicy: Retain) are owned by the uid annotation alone.
+    by_reference = not owner.cluster and not spec.retain
+    if not by_reference:
         annotations[OWNER_UID_ANNOTATION] = owner.uid
     return {
         "apiVersion": "v1",
@@ -97,7 +101,7 @@ def desired_secret(spec: CredentialSpec, owner: Owner, token: Token) -> dict[str
             "namespace": owner.namespace,
             "labels": labels,
             "annotations": annotations,
-            "ownerReferences": [] if owner.cluster else [owner.reference()],
+            "ownerReferences": [owner.reference()] if by_reference else [],
         },
         "data": {
             keys.access_token: _b64(token.access_token),
@@ -110,10 +114,12 @@ def desired_secret(spec: CredentialSpec, owner: Owner, token: Token) -> dict[str
 
 def is_owned(secret: Mapping[str, Any], uid: str) -> bool:
     """True when the Secret names this credential as its controller owner (a copy of
-    a ClusterITCareCredential: by the owner-uid annotation)."""
+    a ClusterITCareCredential, or a target kept on deletion: by the owner-uid
+    annotation, on a Secret labelled as the operator's)."""
     meta = secret.get("metadata") or {}
     if uid and (meta.get("annotations") or {}).get(OWNER_UID_ANNOTATION) == uid:
-        return CLUSTER_CREDENTIAL_LABEL in (meta.get("labels") or {})
+        labels = meta.get("labels") or {}
+        return CLUSTER_CREDENTIAL_LABEL in labels or CREDENTIAL_LABEL in labels
     refs = meta.get("ownerReferences") or []
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
