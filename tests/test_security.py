@@ -129,6 +129,9 @@ DEFAULT = Settings()
         (URL, True),
         ("https://ACCOUNTS.cegedim.cloud:443/auth/realms/cloud/protocol/x", True),
         ("https://accounts.cegedim.cloud/auth/realms/cloud/../master/protocol/x", False),
+        # httpx removes "a%2Fb/.." before sending, a decoding server then sees "..".
+        ("https://accounts.cegedim.cloud/auth/realms/cloud/a%2Fb/../%2e%2e", False),
+        ("https://accounts.cegedim.cloud/auth/realms/cloud/x/%2E%2E/%2e%2e/master", False),
         ("https://accounts.cegedim.cloud/auth/realms/cloud/../../../x", False),
         ("https://accounts.cegedim.cloud/auth/realms/cloud/%2e%2e/master/x", False),
         ("https://accounts.cegedim.cloud/auth/realms/cloud%2F..%2Fmaster/x", False),

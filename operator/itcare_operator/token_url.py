@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
@@ -89,8 +90,18 @@ def _parts(url: str, what: str) -> tuple[str, str, int, str]:
     return scheme, host, port or _DEFAULT_PORTS[scheme], parts.path or "/"
 
 
+_AMBIGUOUS = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+
+
 def _paths(raw: str) -> set[str]:
-    """The path as the client sends it and as a decoding server may route it."""
+    """The path as the client sends it and as a decoding server may route it.
+
+    A path with dot segments, or with an encoded dot, slash or backslash, has no single
+    meaning: a client that removes dot segments before sending and a server that decodes
+    afterwards (or the other way round) can route it above the prefix. Such a path
+    matches nothing (the empty set)."""
+    if _AMBIGUOUS.search(raw) or any(seg in (".", "..") for seg in raw.split("/")):
+        return set()
     return {remove_dot_segments(raw), remove_dot_segments(unquote(raw))}
 
 
@@ -100,7 +111,9 @@ def parse_prefix(prefix: str) -> URLPrefix:
     scheme, host, port, raw = _parts(prefix, f"allowed token URL prefix {prefix!r}")
     paths = _paths(raw)
     if len(paths) != 1:
-        raise InvalidTokenURL(f"allowed token URL prefix {prefix!r} has encoded dot segments")
+        raise InvalidTokenURL(
+            f"allowed token URL prefix {prefix!r} has dot segments or encoded separators"
+        )
     path = paths.pop()
     return URLPrefix(scheme, host, port, path if path.endswith("/") else path + "/")
 
@@ -115,7 +128,7 @@ def url_allowed(url: str, prefixes: Iterable[URLPrefix]) -> bool:
     for prefix in prefixes:
         if (scheme, host, port) != (prefix.scheme, prefix.host, prefix.port):
             continue
-        if all(p.startswith(prefix.path) or p + "/" == prefix.path for p in paths):
+        if paths and all(p.startswith(prefix.path) or p + "/" == prefix.path for p in paths):
             return True
     return False
 
