@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
+from typing import TextIO
 
 from tests.keycloak_fake import FakeKeycloak, Fault
 
-__all__ = ["main"]
+__all__ = ["main", "serve"]
 
 
-def serve(server: FakeKeycloak) -> None:
-    """Apply stdin commands until stdin closes."""
-    for line in sys.stdin:
+def serve(server: FakeKeycloak, lines: Iterable[str], out: TextIO) -> None:
+    """Apply the commands (stdin's lines) until they end; answer each on ``out``."""
+    for line in lines:
         match line.split():
             case ["lifespan", seconds]:
                 server.access_lifespan = int(seconds)
@@ -32,9 +34,9 @@ def serve(server: FakeKeycloak) -> None:
             case ["outage", "off"]:
                 server.clear_faults()
             case _:
-                print(f"unknown command: {line.strip()}", flush=True)
+                print(f"unknown command: {line.strip()}", file=out, flush=True)
                 continue
-        print("ok", flush=True)
+        print("ok", file=out, flush=True)
 
 
 def main() -> None:
@@ -51,7 +53,7 @@ def main() -> None:
     server.start()
     print(server.token_url, flush=True)
     try:
-        serve(server)
+        serve(server, sys.stdin, sys.stdout)
     finally:
         server.stop()
 
