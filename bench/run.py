@@ -12,9 +12,6 @@ Keycloak-compatible server (its own process). Measured in the same run:
 - floor_s: the same N Secrets written straight to the API server by a bare script
   with the same client library and request path as the operator and 16 threads (the
   rig's physical limit);
-- semantic_floor_s: a bare script doing, per credential, the least work that gives
-  the operator's outcome (create the ITCareCredential, one token request, write the
-  target Secret, patch the status), 16 threads;
 - token requests per refresh, refresh instants relative to the old token's expiry,
   expired-token-seconds (from the watch of the target Secrets);
 - operator peak RSS, CPU per refresh, event-loop lag, API requests per refresh;
@@ -80,10 +77,8 @@ def parse_time(text: str) -> float:
 class TargetWatch:
     """Watches the target Secrets; records (seen_at, expires_at) for every version."""
 
-    def __init__(
-        self, core: kubernetes.client.CoreV1Api, namespace: str, selector: str = MANAGED
-    ) -> None:
-        self.core, self.namespace, self.selector = core, namespace, selector
+    def __init__(self, core: kubernetes.client.CoreV1Api, namespace: str) -> None:
+        self.core, self.namespace = core, namespace
         self.versions: dict[str, list[tuple[float, float]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -95,13 +90,9 @@ class TargetWatch:
     def stop(self) -> None:
         self._stop.set()
 
-    def expires_at(self, data: dict[str, str]) -> float:
-        """The expiry of the token a target Secret holds (its ``data``)."""
-        return parse_time(base64.b64decode(data["expires_at"]).decode())
-
     def _record(self, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
-        expires = self.expires_at(obj["data"])
+        expires = parse_time(base64.b64decode(obj["data"]["expires_at"]).decode())
         with self.lock:
             seen = self.versions.setdefault(name, [])
             if not seen or seen[-1][1] != expires:
@@ -113,7 +104,7 @@ class TargetWatch:
             try:
                 if not version:
                     resp = self.core.list_namespaced_secret(
-                        self.namespace, label_selector=self.selector, _preload_content=False
+                        self.namespace, label_selector=MANAGED, _preload_content=False
                     )
                     doc = json.loads(resp.data)
                     resp.release_conn()
@@ -122,7 +113,7 @@ class TargetWatch:
                     version = doc["metadata"]["resourceVersion"]
                 resp = self.core.list_namespaced_secret(
                     self.namespace,
-                    label_selector=self.selector,
+                    label_selector=MANAGED,
                     watch=True,
                     resource_version=version,
                     timeout_seconds=30,
@@ -299,106 +290,6 @@ def floor(core: kubernetes.client.CoreV1Api, n: int) -> float:
     return elapsed
 
 
-def semantic_floor(api: kubernetes.client.ApiClient, n: int, token_url: str) -> float:
-    """Seconds for a bare script to reach the operator's outcome for N credentials.
-
-    Per credential the least work that gives it: create the ITCareCredential, one
-    token request (client ``bench-i`` of the token server), write the target Secret,
-    patch the credential's status; 16 threads, the operator's request path (urllib3
-    pools with JSON bodies). Nothing watches the namespace, so no operator competes.
-    """
-    import urllib3
-
-    core = kubernetes.client.CoreV1Api(api)
-    namespace = f"semantic-floor-{secrets.token_hex(3)}"
-    core.create_namespace({"metadata": {"name": namespace}})
-    pool, host = api.rest_client.pool_manager, api.configuration.host
-    tokens = urllib3.PoolManager(maxsize=THREADS)
-    json_headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    crs = f"{host}/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
-
-    def call(method: str, url: str, body: dict[str, Any], ok: int, **headers: str) -> None:
-        resp = pool.request(
-            method, url, body=json.dumps(body).encode(), headers={**json_headers, **headers}
-        )
-        if resp.status != ok:
-            raise RuntimeError(f"semantic floor: {method} answered {resp.status}")
-
-    def one(i: int) -> None:
-        call(
-            "POST",
-            crs,
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ITCareCredential",
-                "metadata": {"name": f"cred-{i}"},
-                "spec": {
-                    "clientSecretRef": {"name": f"acct-{i}"},
-                    "tokenURL": token_url,
-                    "targetSecret": {"name": f"tok-{i}"},
-                },
-            },
-            201,
-        )
-        basic = base64.b64encode(f"bench-{i}:bench-secret-{i}".encode()).decode()
-        resp = tokens.request(
-            "POST",
-            token_url,
-            body=b"grant_type=client_credentials",
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Authorization": f"Basic {basic}",
-            },
-        )
-        if resp.status != 200:
-            raise RuntimeError(f"semantic floor: token request answered {resp.status}")
-        doc = json.loads(resp.data)
-        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=int(doc["expires_in"]))
-        data = {
-            "access_token": doc["access_token"],
-            "token_type": "Bearer",
-            "expires_at": expires.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "authorization": f"Bearer {doc['access_token']}",
-        }
-        call(
-            "POST",
-            f"{host}/api/v1/namespaces/{namespace}/secrets",
-            {
-                "metadata": {"name": f"tok-{i}", "labels": {"bench": "semantic-floor"}},
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-            },
-            201,
-        )
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        call(
-            "PATCH",
-            f"{crs}/cred-{i}/status",
-            {
-                "status": {
-                    "conditions": [
-                        {
-                            "type": "Ready",
-                            "status": "True",
-                            "reason": "TokenIssued",
-                            "message": "token written",
-                            "lastTransitionTime": now,
-                            "observedGeneration": 1,
-                        }
-                    ]
-                }
-            },
-            200,
-            **{"Content-Type": "application/merge-patch+json"},
-        )
-
-    started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(THREADS) as workers:
-        list(workers.map(one, range(n)))
-    elapsed = time.monotonic() - started
-    core.delete_namespace(namespace)
-    return elapsed
-
-
 def run_one(
     env: Environment,
     api: kubernetes.client.ApiClient,
@@ -440,11 +331,7 @@ def run_one(
     cp0 = cpu_seconds(*control_plane)
     floor_s = floor(core, n)
     floor_cp_cpu = cpu_seconds(*control_plane) - cp0
-    semantic_floor_s = semantic_floor(api, n, token_url)
-    print(
-        f"[N={n}] floor {floor_s:.1f}s, semantic floor {semantic_floor_s:.1f}s; source Secrets...",
-        flush=True,
-    )
+    print(f"[N={n}] floor {floor_s:.1f}s; source Secrets...", flush=True)
 
     def source(i: int) -> None:
         released(
@@ -565,11 +452,7 @@ def run_one(
     watch.stop()
 
     # Token requests: per refresh, premature ones (restart-caused), refresh instants
-    requests = [  # the semantic floor's requests came before ``began``
-        (at, cid)
-        for at, cid, status in stats(keycloak_url)["requests"]
-        if status == 200 and at >= began
-    ]
+    requests = [(at, cid) for at, cid, status in stats(keycloak_url)["requests"] if status == 200]
     kc.terminate()
     with watch.lock:
         all_versions = {k: list(v) for k, v in watch.versions.items()}
@@ -601,8 +484,6 @@ def run_one(
         "all_ready_s": round(all_ready_s, 2),
         "floor_s": round(floor_s, 2),
         "ratio_to_floor": round(all_ready_s / floor_s, 2),
-        "semantic_floor_s": round(semantic_floor_s, 2),
-        "ratio_to_semantic_floor": round(all_ready_s / semantic_floor_s, 2),
         # Where the creation's CPU went: API server + etcd for the floor's N writes, and
         # API server + etcd / operator / token endpoint while the operator created N.
         "credentials_submitted_s": round(submitted_s, 2),
@@ -693,8 +574,6 @@ def write(results: list[dict[str, Any]], plots: bool) -> None:
         "all_ready_s",
         "floor_s",
         "ratio_to_floor",
-        "semantic_floor_s",
-        "ratio_to_semantic_floor",
         "latency_p50_s",
         "latency_p99_s",
         "token_requests_per_cycle",
