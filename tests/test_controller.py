@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from itcare_operator.controller import Controller
 from itcare_operator.kube import Conflict, NotFound
 from itcare_operator.metrics import Metrics
+from itcare_operator.namespaced import Controller
 from itcare_operator.settings import Settings
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
 
@@ -77,7 +77,13 @@ class FakeKube:
         self.status = dict(status)
 
     async def create_event(
-        self, involved: Mapping[str, Any], type_: str, reason: str, message: str
+        self,
+        involved: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+        *,
+        namespace: str | None = None,
     ) -> None:
         self.events.append((type_, reason))
 

@@ -24,10 +24,10 @@ import httpx
 import pytest
 from prometheus_client import generate_latest
 
-from itcare_operator.controller import Controller
 from itcare_operator.health import HttpServers
 from itcare_operator.logs import JsonFormatter, Resource, ResourceFields, about, fields
 from itcare_operator.metrics import Metrics
+from itcare_operator.namespaced import Controller
 from itcare_operator.settings import Settings
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
 from tests.environment import free_port
@@ -194,7 +194,7 @@ async def test_json_log_lines_carry_the_resource_event_and_reason(json_log: io.S
     await op.reconcile_all()
     op.controller.credential_event("DELETED", {"metadata": {"namespace": NS, "name": "good"}})
     lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
-    ours = [line for line in lines if line["logger"] == "itcare_operator.controller"]
+    ours = [line for line in lines if line["logger"] == "itcare_operator.reconciler"]
     assert ours, lines
     for line in ours:
         assert line["kind"] == "ITCareCredential" and line["namespace"] == NS, line

@@ -9,7 +9,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from itcare_operator.cluster import FINALIZER, ClusterController
+from itcare_operator.fanout import FINALIZER, ClusterController
 from itcare_operator.kube import Invalid
 from itcare_operator.metrics import Metrics
 from itcare_operator.settings import Settings
@@ -106,11 +106,11 @@ def forge(kube: FakeClusterKube, ns: str, token: str = "forged\r\nX: 1") -> None
 
 async def test_a_forged_copy_is_not_reused_nor_spread() -> None:
     first, kube, clock, requests = start()
-    await first.reconcile(first.credentials["org"])
+    await first.reconcile(first.credentials[("", "org")])
     assert requests == [1] and {token_in(kube, ns) for ns in NAMESPACES} == {"tok-1"}
     forge(kube, "team-b")
     restarted, _, _, requests2 = start(status=kube.cluster_status, kube=kube, clock=clock)
-    state = restarted.credentials["org"]
+    state = restarted.credentials[("", "org")]
     await restarted.reconcile(state)
     assert requests2 == []  # the genuine copy in team-a is proven by the status
     assert {token_in(kube, ns) for ns in NAMESPACES} == {"tok-1"}, "the forgery spread"
@@ -119,28 +119,28 @@ async def test_a_forged_copy_is_not_reused_nor_spread() -> None:
 
 async def test_when_every_copy_is_forged_a_new_token_is_obtained() -> None:
     first, kube, clock, _ = start()
-    await first.reconcile(first.credentials["org"])
+    await first.reconcile(first.credentials[("", "org")])
     for ns in NAMESPACES:
         forge(kube, ns, "forged-but-printable")
     restarted, _, _, requests2 = start(status=kube.cluster_status, kube=kube, clock=clock)
-    await restarted.reconcile(restarted.credentials["org"])
+    await restarted.reconcile(restarted.credentials[("", "org")])
     assert requests2 == [1]
     assert {token_in(kube, ns) for ns in NAMESPACES} == {"tok-1"}  # the new process's first
 
 
 async def test_spec_edits_mint_at_most_one_token_per_interval() -> None:
     controller, _kube, clock, requests = start()
-    await controller.reconcile(controller.credentials["org"])
+    await controller.reconcile(controller.credentials[("", "org")])
     for generation in range(2, 8):
         clock.now += dt.timedelta(seconds=1)
         body = copy.deepcopy(CREDENTIAL)
         body["metadata"]["generation"] = generation
         body["spec"]["targetSecret"]["labels"] = {"toggle": str(generation % 2)}
         controller.credential_event("MODIFIED", body)
-        await controller.reconcile(controller.credentials["org"])
+        await controller.reconcile(controller.credentials[("", "org")])
     assert len(requests) == 2, f"{len(requests) - 1} tokens for six edits within 6 s"
     clock.now += dt.timedelta(seconds=10)
-    await controller.reconcile(controller.credentials["org"])
+    await controller.reconcile(controller.credentials[("", "org")])
     assert len(requests) == 3
 
 
@@ -151,9 +151,9 @@ async def test_a_refused_copy_waits_for_a_spec_change() -> None:
         raise Invalid("create Secret itcare-token: 422 Unprocessable Entity (Invalid)", 422)
 
     kube.create_secret = refuse  # type: ignore[method-assign]
-    await controller.reconcile(controller.credentials["org"])
+    await controller.reconcile(controller.credentials[("", "org")])
     failed = {f["namespace"]: f["reason"] for f in kube.cluster_status["failedNamespaces"]}
     assert failed == dict.fromkeys(NAMESPACES, "InvalidSpec")
-    due = controller.scheduler.due_at("org")
+    due = controller.scheduler.due_at(("", "org"))
     assert due is not None and due > clock.now.timestamp() + 60, "a refused copy is retried"
     assert requests == [1]

@@ -13,8 +13,8 @@ from typing import Any
 
 import kopf
 
-from itcare_operator.controller import Controller
 from itcare_operator.kube import load_config
+from itcare_operator.namespaced import Controller
 
 __all__: list[str] = []
 

@@ -23,7 +23,7 @@ from itcare_operator.cli import (
     cmd_token,
     load_cluster_config,
 )
-from itcare_operator.controller import REFRESH_ANNOTATION
+from itcare_operator.model import REFRESH_ANNOTATION
 from itcare_operator.token import format_time, parse_time
 from itcare_operator.troubleshooting import DOC_URL, entry
 

@@ -16,7 +16,7 @@ from typing import Any
 from itcare_operator.errors import CredentialError, Reason
 from itcare_operator.refresh_policy import DEFAULT_VOLUME_DELIVERY, RefreshPolicy
 from itcare_operator.selector import InvalidSelector, LabelSelector, parse_selector
-from itcare_operator.token_endpoint import DEFAULT_TOKEN_URL, Grant
+from itcare_operator.token import DEFAULT_TOKEN_URL, Grant
 
 __all__ = [
     "ClusterCredentialSpec",

@@ -9,11 +9,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import enum
 import hashlib
 from urllib.parse import quote_plus
 
 __all__ = [
+    "DEFAULT_TOKEN_URL",
     "ClientCredentials",
+    "Grant",
     "Token",
     "digest",
     "fingerprint",
@@ -21,6 +24,15 @@ __all__ = [
     "parse_time",
     "usable_access_token",
 ]
+
+DEFAULT_TOKEN_URL = "https://accounts.cegedim.cloud/auth/realms/cloud/protocol/openid-connect/token"
+
+
+class Grant(enum.StrEnum):
+    """``spec.grant``, and the grant a request actually used (metric label)."""
+
+    CLIENT_CREDENTIALS = "ClientCredentials"
+    REFRESH_TOKEN = "RefreshToken"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
-import enum
 import json
 import logging
 import socket
@@ -36,7 +35,13 @@ from itcare_operator.errors import (
     RequestRejected,
     TokenEndpointError,
 )
-from itcare_operator.token import ClientCredentials, Token, usable_access_token
+from itcare_operator.token import (
+    DEFAULT_TOKEN_URL,
+    ClientCredentials,
+    Grant,
+    Token,
+    usable_access_token,
+)
 
 __all__ = [
     "DEFAULT_TOKEN_URL",
@@ -51,7 +56,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOKEN_URL = "https://accounts.cegedim.cloud/auth/realms/cloud/protocol/openid-connect/token"
 MAX_BODY_BYTES = 64 * 1024
 MAX_EXPIRES_IN = 366 * 24 * 3600
 USER_AGENT = f"itcare-token-operator/{__version__}"
@@ -61,13 +65,6 @@ Clock = Callable[[], dt.datetime]
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-class Grant(enum.StrEnum):
-    """``spec.grant``, and the grant a request actually used (metric label)."""
-
-    CLIENT_CREDENTIALS = "ClientCredentials"
-    REFRESH_TOKEN = "RefreshToken"
 
 
 @dataclasses.dataclass(frozen=True)
