@@ -17,13 +17,14 @@ import dataclasses
 import datetime as dt
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from itcare_operator import cleanup
+from itcare_operator.cleanup import FINALIZER, CopyKey
 from itcare_operator.delivery import Registry
 from itcare_operator.errors import Reason
-from itcare_operator.kube import GROUP, VERSION, Conflict, Invalid, KubeClient, KubeError, NotFound
-from itcare_operator.logs import Resource, fields
+from itcare_operator.kube import GROUP, VERSION, Conflict, Invalid, KubeClient, KubeError
 from itcare_operator.metrics import CLUSTER, Metrics
 from itcare_operator.model import (
     CredentialState,
@@ -41,7 +42,6 @@ from itcare_operator.status import Fanout, Observation, render_cluster_status
 from itcare_operator.target_secret import (
     CLUSTER_CREDENTIAL_LABEL,
     CLUSTER_KIND,
-    OWNER_UID_ANNOTATION,
     Owner,
     desired_secret,
     is_owned,
@@ -55,12 +55,9 @@ __all__ = ["FINALIZER", "ClusterController", "Copies", "FanoutDelivery"]
 
 log = logging.getLogger(__name__)
 
-FINALIZER = "itcare.cegedim.cloud/cleanup"
 NAMESPACE_RETRY = dt.timedelta(seconds=15)  # before a failed namespace is tried again
 FINALIZER_RETRY = dt.timedelta(seconds=1)  # the credential changed under our patch
 WRITE_CONCURRENCY = 16  # copies written at once by one credential
-
-CopyKey = tuple[str, str]  # (namespace, Secret name)
 
 
 @dataclasses.dataclass(slots=True)
@@ -177,39 +174,14 @@ class FanoutDelivery:
         was removed while the operator was away). Call once the watches are synced:
         never judge a copy orphaned from a partial listing."""
         uids = {state.uid for state in self.registry.credentials.values()}
-        deleted = 0
-        for owner, copies in list(self.copies.items()):
-            for (namespace, secret_name), secret in list(copies.items()):
-                meta = secret.get("metadata") or {}
-                uid = (meta.get("annotations") or {}).get(OWNER_UID_ANNOTATION)
-                if not uid or uid in uids:
-                    continue
-                try:
-                    await self.kube.delete_secret(namespace, secret_name, meta.get("uid"))
-                    deleted += 1
-                    log.info(
-                        "deleted %s/%s: its ClusterITCareCredential %s is gone",
-                        namespace,
-                        secret_name,
-                        owner,
-                        extra=fields("CopyDeleted", resource=Resource(CLUSTER_KIND, "", owner)),
-                    )
-                except KubeError as exc:
-                    log.warning(
-                        "could not delete orphan %s/%s: %s",
-                        namespace,
-                        secret_name,
-                        exc,
-                        extra=fields(
-                            "CopyDeleteFailed", resource=Resource(CLUSTER_KIND, "", owner)
-                        ),
-                    )
-        return deleted
+        return await cleanup.delete_orphans(self.kube, self.copies, uids)
 
     # -- a reconcile -------------------------------------------------------------------
     async def intercept(self, state: CredentialState[Copies]) -> bool:
         if state.deleting:
-            await self._finalize(state)
+            done = await cleanup.finalize(self.kube, state.name, state.uid, state.body, self.copies)
+            if not done:  # the credential changed under our patch: look again
+                self.registry.later(state.key, FINALIZER_RETRY)
             return True
         meta = state.body.get("metadata") or {}
         finalizers = list(meta.get("finalizers") or [])
@@ -323,60 +295,7 @@ class FanoutDelivery:
             if known is None or known[1]:
                 continue  # the namespace is gone or going: its Secrets go with it
             doomed.append((namespace, name, secret))
-        await self._delete_copies(state, doomed)
-
-    async def _delete_copies(
-        self,
-        state: CredentialState[Copies],
-        doomed: Sequence[tuple[str, str, Mapping[str, Any]]],
-    ) -> None:
-        slots = asyncio.Semaphore(WRITE_CONCURRENCY)
-
-        async def delete(namespace: str, name: str, secret: Mapping[str, Any]) -> None:
-            async with slots:
-                uid = (secret.get("metadata") or {}).get("uid")
-                await self.kube.delete_secret(namespace, name, uid)
-            self.copies.get(state.name, {}).pop((namespace, name), None)
-            log.info(
-                "ClusterITCareCredential %s: deleted its Secret %s/%s",
-                state.name,
-                namespace,
-                name,
-                extra=fields("CopyDeleted"),
-            )
-
-        results = await asyncio.gather(*(delete(*d) for d in doomed), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result  # a KubeError: the reconcile is retried
-
-    async def _finalize(self, state: CredentialState[Copies]) -> None:
-        """The credential is being deleted: delete every copy, then let it go."""
-        listed = await self.kube.list_secrets(f"{CLUSTER_CREDENTIAL_LABEL}={state.name}")
-        ours = [s for s in listed if is_owned(s, state.uid)]
-        await self._delete_copies(
-            state,
-            [(s["metadata"].get("namespace", ""), s["metadata"].get("name", ""), s) for s in ours],
-        )
-        meta = state.body.get("metadata") or {}
-        finalizers = list(meta.get("finalizers") or [])
-        if FINALIZER in finalizers:
-            finalizers.remove(FINALIZER)
-            try:
-                await self.kube.set_cluster_finalizers(
-                    state.name, finalizers, meta.get("resourceVersion")
-                )
-            except NotFound:
-                pass
-            except Conflict:
-                self.registry.later(state.key, FINALIZER_RETRY)
-                return
-        log.info(
-            "ClusterITCareCredential %s: %d copies deleted; finalizer removed",
-            state.name,
-            len(ours),
-            extra=fields("FinalizerRemoved"),
-        )
+        await cleanup.delete_copies(self.kube, state.name, doomed, self.copies)
 
     def where(self, state: CredentialState[Copies], spec: CredentialSpec) -> str:
         out = state.out
