@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from itcare_operator.model import CredentialState, Failure, Key
 from itcare_operator.spec import CredentialSpec
 from itcare_operator.status import Observation
 
-__all__ = ["Delivery", "Registry"]
+__all__ = ["Adapter", "Delivery", "Registry"]
 
 D = TypeVar("D")
 
@@ -31,11 +31,16 @@ class Registry(Protocol[D]):
 
     def later(self, key: Key, delay: dt.timedelta) -> None: ...
 
+    def now(self) -> dt.datetime: ...
+
 
 class Delivery(Protocol[D]):
     kind: str  # the resource kind, in logs and events
     scope: str  # the ``scope`` label of the metrics
     event_namespace: str | None  # where Events of a cluster-scoped kind go
+
+    def attach(self, registry: Registry[D]) -> None:
+        """Called once by the reconciler this adapter serves."""
 
     # -- the credential's spec and indexes ----------------------------------------
     def new(self) -> D:
@@ -88,3 +93,36 @@ class Delivery(Protocol[D]):
 
     def involved(self, state: CredentialState[D]) -> dict[str, str]:
         """The ``involvedObject`` of an Event about the credential."""
+
+
+class Adapter(Generic[D]):
+    """What the two adapters share: the link to their reconciler, and the hooks that
+    are no-ops unless an adapter needs them."""
+
+    _registry: Registry[D] | None = None
+
+    def attach(self, registry: Registry[D]) -> None:
+        self._registry = registry
+
+    @property
+    def registry(self) -> Registry[D]:
+        assert self._registry is not None, "the reconciler attaches its adapter"
+        return self._registry
+
+    def spec_changed(self, state: CredentialState[D]) -> None:
+        pass
+
+    def adopted(self, state: CredentialState[D]) -> None:
+        pass
+
+    def forgotten(self, state: CredentialState[D]) -> None:
+        pass
+
+    async def intercept(self, state: CredentialState[D]) -> bool:
+        return False
+
+    def retry_at(self, state: CredentialState[D], now: dt.datetime) -> dt.datetime | None:
+        return None
+
+    def published(self, state: CredentialState[D]) -> None:
+        pass

@@ -16,13 +16,12 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from itcare_operator import cleanup
 from itcare_operator.cleanup import FINALIZER, CopyKey
-from itcare_operator.delivery import Registry
+from itcare_operator.delivery import Adapter
 from itcare_operator.errors import Reason
 from itcare_operator.kube import GROUP, VERSION, Conflict, Invalid, KubeClient, KubeError
 from itcare_operator.metrics import CLUSTER, Metrics
@@ -30,7 +29,6 @@ from itcare_operator.model import (
     CredentialState,
     Failure,
     Key,
-    SourceNamespaceNotAllowed,
     slim,
     slim_credential,
 )
@@ -49,7 +47,6 @@ from itcare_operator.target_secret import (
     trusted_token,
 )
 from itcare_operator.token import Token
-from itcare_operator.token_endpoint import TokenEndpoints, utcnow
 
 __all__ = ["FINALIZER", "ClusterController", "Copies", "FanoutDelivery"]
 
@@ -70,7 +67,7 @@ class Copies:
     synced: int = 0
 
 
-class FanoutDelivery:
+class FanoutDelivery(Adapter[Copies]):
     """The token goes to a copy in every selected namespace."""
 
     kind = CLUSTER_KIND
@@ -79,29 +76,13 @@ class FanoutDelivery:
     # (like Node events); kubectl describe finds them there.
     event_namespace: str | None = "default"
 
-    def __init__(
-        self,
-        settings: Settings,
-        kube: KubeClient,
-        metrics: Metrics,
-        clock: Callable[[], dt.datetime],
-    ) -> None:
+    def __init__(self, settings: Settings, kube: KubeClient, metrics: Metrics) -> None:
         self.settings = settings
         self.kube = kube
         self.metrics = metrics
-        self._clock = clock
-        self._registry: Registry[Copies] | None = None
         self.namespaces: dict[str, tuple[Mapping[str, str], bool]] = {}  # labels, terminating
         # Copies by credential name, as last listed, watched or written.
         self.copies: dict[str, dict[CopyKey, Mapping[str, Any]]] = {}
-
-    def attach(self, registry: Registry[Copies]) -> None:
-        self._registry = registry
-
-    @property
-    def registry(self) -> Registry[Copies]:
-        assert self._registry is not None, "attach() the reconciler first"
-        return self._registry
 
     # -- the credential's spec and indexes ----------------------------------------
     def new(self) -> Copies:
@@ -115,15 +96,6 @@ class FanoutDelivery:
     def source_of(self, state: CredentialState[Copies], spec: CredentialSpec) -> Key:
         assert state.out.placement is not None
         return (state.out.placement.source_namespace, spec.source_name)
-
-    def spec_changed(self, state: CredentialState[Copies]) -> None:
-        pass  # the selection is computed by each reconcile
-
-    def adopted(self, state: CredentialState[Copies]) -> None:
-        pass  # the copies are kept by credential name: load_stored finds them
-
-    def forgotten(self, state: CredentialState[Copies]) -> None:
-        pass  # its copies stay known: delete_orphans and the finalizer need them
 
     # -- the Namespace and copy watches -----------------------------------------------
     def namespace_event(self, type_: str | None, namespace: Mapping[str, Any]) -> None:
@@ -202,13 +174,14 @@ class FanoutDelivery:
         assert placement is not None  # parsed with the spec
         state.out.selected = frozenset(ns for ns in self.namespaces if self._selects(placement, ns))
         await self._remove_unselected(state, spec)
-        if placement.source_namespace not in self.settings.source_namespaces:
-            refused = SourceNamespaceNotAllowed(
-                f"clientSecretRef.namespace {placement.source_namespace} is not in the "
-                "operator's --allowed-source-namespace list"
-            )
-            return Failure(refused, terminal=True)
-        return None
+        if placement.source_namespace in self.settings.source_namespaces:
+            return None
+        why = f"clientSecretRef.namespace {placement.source_namespace} is not in the operator's"
+        return Failure.of(
+            Reason.SOURCE_NAMESPACE_NOT_ALLOWED,
+            f"{why} --allowed-source-namespace list",
+            terminal=True,
+        )
 
     def load_stored(self, state: CredentialState[Copies], spec: CredentialSpec) -> None:
         """The token this credential's copies hold, if it is provably the one the
@@ -228,7 +201,7 @@ class FanoutDelivery:
 
     async def deliver(self, state: CredentialState[Copies], spec: CredentialSpec) -> None:
         """Write the current token to every selected namespace that lacks it."""
-        token = state.valid_token(self._clock())
+        token = state.valid_token(self.registry.now())
         out = state.out
         out.failed, out.synced = {}, 0
         if token is None:
@@ -333,33 +306,14 @@ class FanoutDelivery:
 
 
 class ClusterController(Reconciler[Copies]):
-    """All ClusterITCareCredentials of this operator instance."""
+    """All ClusterITCareCredentials of this operator instance. Give it the namespaced
+    controller's ``sources``: one source Secret watch serves both kinds."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        kube: KubeClient,
-        endpoints: TokenEndpoints,
-        metrics: Metrics,
-        sources: Mapping[Key, Mapping[str, Any]],
-        *,
-        clock: Callable[[], dt.datetime] = utcnow,
-        rand: Callable[[], float] = random.random,
-        concurrency: int = 8,
-    ) -> None:
-        self.copies = FanoutDelivery(settings, kube, metrics, clock)
-        super().__init__(
-            settings,
-            kube,
-            endpoints,
-            metrics,
-            self.copies,
-            sources=sources,  # shared with the namespaced kind: one source watch
-            clock=clock,
-            rand=rand,
-            concurrency=concurrency,
-        )
-        self.copies.attach(self)
+    concurrency = 8  # each reconcile writes up to 16 copies at once
+
+    def _adapter(self, settings: Settings, kube: KubeClient, metrics: Metrics) -> FanoutDelivery:
+        self.copies = FanoutDelivery(settings, kube, metrics)
+        return self.copies
 
     def namespace_event(self, type_: str | None, namespace: Mapping[str, Any]) -> None:
         self.copies.namespace_event(type_, namespace)

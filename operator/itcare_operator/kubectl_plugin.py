@@ -251,23 +251,24 @@ def build_parser() -> argparse.ArgumentParser:
         "ITCareCredential, NAME alone a ClusterITCareCredential.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    status = sub.add_parser(
-        "status",
-        help="explain a credential",
-        description="Conditions, expiry, next refresh, and the last failure with the "
-        "troubleshooting entry for its reason. Exit codes: 0 shown, 1 not found or "
-        "unreadable, 2 usage.",
-    )
-    status.add_argument("credential", metavar="NAMESPACE/NAME|NAME")
-    add_cluster_flags(status)
-    renew = sub.add_parser(
-        "renew",
-        help="request a refresh now",
-        description=f"Set the {REFRESH_ANNOTATION} annotation; the operator refreshes "
-        "within seconds (rate-limited per credential).",
-    )
-    renew.add_argument("credential", metavar="NAMESPACE/NAME|NAME")
-    add_cluster_flags(renew)
+    for command, summary, description in (
+        (
+            "status",
+            "explain a credential",
+            "Conditions, expiry, next refresh, and the last failure with the "
+            "troubleshooting entry for its reason. Exit codes: 0 shown, 1 not found or "
+            "unreadable, 2 usage.",
+        ),
+        (
+            "renew",
+            "request a refresh now",
+            f"Set the {REFRESH_ANNOTATION} annotation; the operator refreshes "
+            "within seconds (rate-limited per credential).",
+        ),
+    ):
+        one = sub.add_parser(command, help=summary, description=description)
+        one.add_argument("credential", metavar="NAMESPACE/NAME|NAME")
+        add_cluster_flags(one)
     check = sub.add_parser(
         "check",
         help="obtain one token to check an API account (itcare-operator token)",

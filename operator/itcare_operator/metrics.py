@@ -31,6 +31,7 @@ from itcare_operator._version import __version__
 __all__ = ["CLUSTER", "NAMESPACED", "Metrics"]
 
 NAMESPACED = "namespaced"
+CREDENTIAL_LABELS = ("namespace", "name", "scope")
 CLUSTER = "cluster"
 
 
@@ -41,6 +42,10 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)
+
+        def per_credential(name: str, documentation: str) -> Gauge:
+            return Gauge(name, documentation, CREDENTIAL_LABELS, registry=r)
+
         self.refresh_total = Counter(
             "itcare_token_refresh_total",
             "Token refresh attempts by outcome and grant.",
@@ -60,43 +65,31 @@ class Metrics:
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20),
         )
-        self.expiration = Gauge(
+        self.expiration = per_credential(
             "itcare_token_expiration_timestamp_seconds",
             "Unix time the token in the target Secret expires.",
-            ["namespace", "name", "scope"],
-            registry=r,
         )
-        self.next_refresh = Gauge(
+        self.next_refresh = per_credential(
             "itcare_token_next_refresh_timestamp_seconds",
             "Unix time of the next scheduled refresh.",
-            ["namespace", "name", "scope"],
-            registry=r,
         )
-        self.ready = Gauge(
+        self.ready = per_credential(
             "itcare_credential_ready",
             "1 when the credential's target Secret holds a valid token.",
-            ["namespace", "name", "scope"],
-            registry=r,
         )
-        self.lifetime = Gauge(
+        self.lifetime = per_credential(
             "itcare_token_lifetime_seconds",
             "Lifetime the token in the target Secret was granted (expiry minus receive time).",
-            ["namespace", "name", "scope"],
-            registry=r,
         )
         # The next two exist only while non-zero: at 10,000 credentials two always-present
         # series each would add about 20 MiB and a third to every scrape, for zeros.
-        self.suspended = Gauge(
+        self.suspended = per_credential(
             "itcare_credential_suspended",
             "1 while the credential's spec.suspend is true (absent otherwise).",
-            ["namespace", "name", "scope"],
-            registry=r,
         )
-        self.consecutive_failures = Gauge(
+        self.consecutive_failures = per_credential(
             "itcare_credential_consecutive_failures",
             "Refresh attempts failed in a row, as status.consecutiveFailures (absent at 0).",
-            ["namespace", "name", "scope"],
-            registry=r,
         )
         self.credentials = Gauge(
             "itcare_credentials",
@@ -155,27 +148,20 @@ class Metrics:
     ) -> None:
         """Publish one credential's state; a ``None`` (or a zero ``suspended`` or
         ``failures``) removes that series."""
-        self.ready.labels(namespace, name, scope).set(1 if ready else 0)
-        if suspended:
-            self.suspended.labels(namespace, name, scope).set(1)
-        else:
-            _remove(self.suspended, namespace, name, scope)
-        if failures:
-            self.consecutive_failures.labels(namespace, name, scope).set(failures)
-        else:
-            _remove(self.consecutive_failures, namespace, name, scope)
-        if expires_at is not None:
-            self.expiration.labels(namespace, name, scope).set(expires_at.timestamp())
-        else:
-            _remove(self.expiration, namespace, name, scope)
-        if lifetime is not None:
-            self.lifetime.labels(namespace, name, scope).set(lifetime.total_seconds())
-        else:
-            _remove(self.lifetime, namespace, name, scope)
-        if next_refresh is not None:
-            self.next_refresh.labels(namespace, name, scope).set(next_refresh.timestamp())
-        else:
-            _remove(self.next_refresh, namespace, name, scope)
+        labels = (namespace, name, scope)
+        self.ready.labels(*labels).set(1 if ready else 0)
+        values = (
+            (self.suspended, 1 if suspended else None),
+            (self.consecutive_failures, failures or None),
+            (self.expiration, expires_at.timestamp() if expires_at else None),
+            (self.lifetime, lifetime.total_seconds() if lifetime is not None else None),
+            (self.next_refresh, next_refresh.timestamp() if next_refresh else None),
+        )
+        for gauge, value in values:
+            if value is None:
+                _remove(gauge, *labels)
+            else:
+                gauge.labels(*labels).set(value)
 
     def namespaces(self, name: str, selected: int, synced: int, failed: int) -> None:
         self.cluster_namespaces.labels(name, "selected").set(selected)

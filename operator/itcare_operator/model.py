@@ -30,9 +30,6 @@ __all__ = [
     "Decision",
     "Failure",
     "Key",
-    "SourceNamespaceNotAllowed",
-    "TargetConflict",
-    "TokenURLNotAllowed",
     "resumed_refresh_at",
     "should_refresh",
     "slim",
@@ -49,18 +46,6 @@ CONFLICT_RETRY = RefreshPolicy(transient_base=15.0, transient_cap=300.0)
 
 Key = tuple[str, str]  # (namespace, name); the namespace is "" for the cluster kind
 D = TypeVar("D")
-
-
-class TargetConflict(CredentialError):
-    reason = Reason.TARGET_SECRET_CONFLICT
-
-
-class TokenURLNotAllowed(CredentialError):
-    reason = Reason.TOKEN_URL_NOT_ALLOWED
-
-
-class SourceNamespaceNotAllowed(CredentialError):
-    reason = Reason.SOURCE_NAMESPACE_NOT_ALLOWED
 
 
 @dataclasses.dataclass(slots=True)  # 10,000 of them: no per-instance __dict__
@@ -119,6 +104,18 @@ class Failure:
     policy: RefreshPolicy | None = None  # backoff other than the spec's
     kind: FailureKind | None = None  # overrides the error's own kind
     retry_after: float | None = None  # seconds, from the token endpoint
+
+    @classmethod
+    def of(
+        cls,
+        reason: Reason,
+        message: str,
+        *,
+        terminal: bool = False,
+        policy: RefreshPolicy | None = None,
+    ) -> Failure:
+        """A failure found by the operator itself (no exception raised)."""
+        return cls(CredentialError(message, reason=reason), terminal=terminal, policy=policy)
 
 
 class Action(enum.Enum):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from itcare_operator.delivery import Registry
+from itcare_operator.delivery import Adapter
+from itcare_operator.errors import Reason
 from itcare_operator.kube import KubeClient
 from itcare_operator.metrics import NAMESPACED, Metrics
 from itcare_operator.model import (
@@ -22,7 +22,6 @@ from itcare_operator.model import (
     CredentialState,
     Failure,
     Key,
-    TargetConflict,
     slim,
 )
 from itcare_operator.reconciler import Reconciler
@@ -38,7 +37,6 @@ from itcare_operator.target_secret import (
     is_owned,
     trusted_token,
 )
-from itcare_operator.token_endpoint import TokenEndpoints, utcnow
 
 __all__ = ["KIND", "Controller", "SecretDelivery", "Target"]
 
@@ -55,30 +53,20 @@ class Target:
     written_version: str | None = None  # resourceVersion of our last write (echo filter)
 
 
-class SecretDelivery:
+class SecretDelivery(Adapter[Target]):
     """The token goes to one Secret in the credential's namespace."""
 
     kind = KIND
     scope = NAMESPACED
     event_namespace: str | None = None
 
-    def __init__(self, kube: KubeClient, clock: Callable[[], dt.datetime]) -> None:
+    def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
-        self._clock = clock
-        self._registry: Registry[Target] | None = None
         # (namespace, target name) -> credentials naming it: a second credential on one
         # target must not take the index from the owner (its edits would stop waking it).
         self._by_target: dict[Key, set[Key]] = {}
         # Managed Secrets listed at start-up before their credential was seen.
         self._listed: dict[Key, Mapping[str, Any]] = {}
-
-    def attach(self, registry: Registry[Target]) -> None:
-        self._registry = registry
-
-    @property
-    def registry(self) -> Registry[Target]:
-        assert self._registry is not None, "attach() the reconciler first"
-        return self._registry
 
     # -- the credential's spec and indexes ----------------------------------------
     def new(self) -> Target:
@@ -170,9 +158,6 @@ class SecretDelivery:
             state.out.current, state.out.reusable = slim(secret), True
 
     # -- a reconcile -------------------------------------------------------------------
-    async def intercept(self, state: CredentialState[Target]) -> bool:
-        return False  # garbage collection deletes the target (ownerReference)
-
     async def prepare(self, state: CredentialState[Target], spec: CredentialSpec) -> Failure | None:
         out = state.out
         current = out.current
@@ -180,18 +165,19 @@ class SecretDelivery:
             current = await self.kube.get_secret(state.namespace, spec.target_name)
         out.current, out.reusable = current, False
         if current is not None and not is_owned(current, state.uid):
-            conflict = TargetConflict(
+            return Failure.of(
+                Reason.TARGET_SECRET_CONFLICT,
                 f"Secret {spec.target_name} exists and is not owned by this ITCareCredential; "
-                "delete it or choose another targetSecret.name"
+                "delete it or choose another targetSecret.name",
+                policy=CONFLICT_RETRY,
             )
-            return Failure(conflict, policy=CONFLICT_RETRY)
         return None
 
     def load_stored(self, state: CredentialState[Target], spec: CredentialSpec) -> None:
         self._load(state, state.out.current)
 
     async def deliver(self, state: CredentialState[Target], spec: CredentialSpec) -> None:
-        token = state.valid_token(self._clock())
+        token = state.valid_token(self.registry.now())
         out = state.out
         if token is None or (out.current is not None and not is_owned(out.current, state.uid)):
             return  # nothing to deliver, or not ours to write (prepare said so)
@@ -209,9 +195,6 @@ class SecretDelivery:
     def where(self, state: CredentialState[Target], spec: CredentialSpec) -> str:
         return f"Secret {spec.target_name}"
 
-    def retry_at(self, state: CredentialState[Target], now: dt.datetime) -> dt.datetime | None:
-        return None
-
     # -- the outcome ---------------------------------------------------------------
     def render_status(
         self, state: CredentialState[Target], obs: Observation, now: dt.datetime
@@ -220,9 +203,6 @@ class SecretDelivery:
 
     async def patch_status(self, state: CredentialState[Target], status: Mapping[str, Any]) -> None:
         await self.kube.patch_status(state.namespace, state.name, status)
-
-    def published(self, state: CredentialState[Target]) -> None:
-        pass
 
     def involved(self, state: CredentialState[Target]) -> dict[str, str]:
         return {
@@ -237,41 +217,17 @@ class SecretDelivery:
 class Controller(Reconciler[Target]):
     """All ITCareCredentials of this operator instance."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        kube: KubeClient,
-        endpoints: TokenEndpoints,
-        metrics: Metrics,
-        *,
-        clock: Callable[[], dt.datetime] = utcnow,
-        rand: Callable[[], float] = random.random,
-        concurrency: int = 32,
-    ) -> None:
-        self.targets = SecretDelivery(kube, clock)
-        # Source Secrets by (namespace, name), kept from their watch; the cluster kind
-        # reads the same map.
-        self.source_secrets: dict[Key, Mapping[str, Any]] = {}
-        super().__init__(
-            settings,
-            kube,
-            endpoints,
-            metrics,
-            self.targets,
-            sources=self.source_secrets,
-            clock=clock,
-            rand=rand,
-            concurrency=concurrency,
-        )
-        self.targets.attach(self)
+    def _adapter(self, settings: Settings, kube: KubeClient, metrics: Metrics) -> SecretDelivery:
+        self.targets = SecretDelivery(kube)
+        return self.targets
 
     def source_secret_event(self, type_: str | None, secret: Mapping[str, Any]) -> None:
         meta = secret.get("metadata") or {}
         where = (meta.get("namespace", ""), meta.get("name", ""))
         if type_ == "DELETED":
-            self.source_secrets.pop(where, None)
+            self.sources.pop(where, None)
         else:
-            self.source_secrets[where] = slim(secret)
+            self.sources[where] = slim(secret)
         super().source_secret_event(type_, secret)
 
     def target_secret_event(self, type_: str | None, secret: Mapping[str, Any]) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Hashable
 from typing import TypeVar
 
+from itcare_operator import refresh_policy as policy
 from itcare_operator.errors import CredentialError, FailureKind, Reason, TokenEndpointError
 from itcare_operator.kube import Invalid, KubeError
 from itcare_operator.logs import Resource, about, fields
@@ -25,17 +26,9 @@ from itcare_operator.model import (
     Action,
     CredentialState,
     Failure,
-    TargetConflict,
-    TokenURLNotAllowed,
     resumed_refresh_at,
     should_refresh,
     source_fingerprint,
-)
-from itcare_operator.refresh_policy import (
-    RefreshPolicy,
-    backoff_delay,
-    margin_notice,
-    next_refresh_at,
 )
 from itcare_operator.registry import CredentialRegistry
 from itcare_operator.secret_write import TargetTaken
@@ -60,26 +53,21 @@ class Reconciler(CredentialRegistry[D]):
     # -- reconcile -------------------------------------------------------------------
     async def _reconcile_key(self, key: Hashable) -> None:
         state = self.credentials.get(key)  # type: ignore[call-overload]
-        if state is None:
-            return
-        with about(Resource(self.delivery.kind, *state.key)):
-            try:
-                await self.reconcile(state)
-            except TargetTaken:
-                conflict = TargetConflict("target Secret was taken by another owner while writing")
-                await self._failed(state, None, Failure(conflict, policy=CONFLICT_RETRY))
-            except Invalid as exc:
-                await self._failed(state, None, Failure(refused_target(exc), terminal=True))
-            except KubeError as exc:
-                log.warning(
-                    "%s: %s; retrying in 2s",
-                    self._label(state.key),
-                    exc,
-                    extra=fields("KubeRequestFailed"),
-                )
-                self.later(state.key, API_RETRY)
+        if state is not None:
+            await self.reconcile(state)
 
     async def reconcile(self, state: CredentialState[D]) -> None:
+        """One reconcile; an API error ends it with a retry, never with a lost token."""
+        with about(Resource(self.delivery.kind, *state.key)):
+            try:
+                await self._reconcile(state)
+            except (TargetTaken, Invalid) as exc:
+                await self._failed(state, None, write_failure(exc))
+            except KubeError as exc:
+                self._warn(state, "KubeRequestFailed", "retrying in 2s", exc)
+                self.later(state.key, API_RETRY)
+
+    async def _reconcile(self, state: CredentialState[D]) -> None:
         if await self.delivery.intercept(state):
             return
         spec = state.spec
@@ -108,10 +96,12 @@ class Reconciler(CredentialRegistry[D]):
         if decision.action is Action.REFRESH:
             await self._refresh(state, spec)
         elif decision.action is Action.URL_REFUSED:
-            refused = TokenURLNotAllowed(
-                "tokenURL is outside the operator's --allowed-token-url prefixes"
+            refused = Failure.of(
+                Reason.TOKEN_URL_NOT_ALLOWED,
+                "tokenURL is outside the operator's --allowed-token-url prefixes",
+                terminal=True,
             )
-            await self._failed(state, spec, Failure(refused, terminal=True))
+            await self._failed(state, spec, refused)
         else:
             if decision.action is Action.SUSPENDED:
                 state.force = False
@@ -170,28 +160,13 @@ class Reconciler(CredentialRegistry[D]):
         state.token = token
         state.force, state.retry_at, state.failures = False, None, 0
         state.last_refresh = token.received_at
-        state.refresh_at = next_refresh_at(
+        state.refresh_at = policy.next_refresh_at(
             token.received_at, token.expires_at, self._clock(), spec.policy, self._rand()
         )
-        try:
-            await self.delivery.deliver(state, spec)
-        except TargetTaken:
-            conflict = TargetConflict("target Secret was taken by another owner while writing")
-            await self._failed(state, spec, Failure(conflict, policy=CONFLICT_RETRY))
-            return
-        except Invalid as exc:
-            await self._failed(state, None, Failure(refused_target(exc), terminal=True))
-            return
-        except KubeError as exc:
-            log.warning(
-                "%s: writing the target Secret failed: %s",
-                self._label(state.key),
-                exc,
-                extra=fields("TargetWriteFailed"),
-            )
-            self.later(state.key, API_RETRY)
-            return
-        notice = margin_notice(token.lifetime, spec.policy)
+        # A write that fails here is handled as any failed API call of the reconcile
+        # (_reconcile_key): the token is kept and written by the retry.
+        await self.delivery.deliver(state, spec)
+        notice = policy.margin_notice(token.lifetime, spec.policy)
         next_at = format_time(state.refresh_at)
         state.refreshed = Condition(
             "Refreshed",
@@ -244,12 +219,12 @@ class Reconciler(CredentialRegistry[D]):
             message = f"{error}; fix the resource to retry"
             wake = valid.expires_at if valid else None  # to report the expiry on time
         else:
-            delay = backoff_delay(
+            delay = policy.backoff_delay(
                 state.failures,
                 failure.kind or error.kind,
                 now,
                 valid.expires_at if valid else None,
-                failure.policy or (spec.policy if spec else RefreshPolicy()),
+                failure.policy or (spec.policy if spec else policy.RefreshPolicy()),
                 self._rand(),
                 failure.retry_after,
             )
@@ -272,12 +247,7 @@ class Reconciler(CredentialRegistry[D]):
             try:  # a still-valid token stays in (or goes back into) its destination
                 await self.delivery.deliver(state, spec)
             except (KubeError, TargetTaken) as exc:
-                log.warning(
-                    "%s: restoring the target Secret failed: %s",
-                    self._label(state.key),
-                    exc or "taken by another owner",
-                    extra=fields("TargetWriteFailed"),
-                )
+                self._warn(state, "TargetWriteFailed", "restoring the target failed", exc)
         next_attempt = None if failure.terminal else wake
         await self._settle(state, spec, wake=wake, next_attempt=next_attempt)
 
@@ -328,12 +298,7 @@ class Reconciler(CredentialRegistry[D]):
                 await self.delivery.patch_status(state, status)
                 state.status_sent = status
             except KubeError as exc:
-                log.warning(
-                    "%s: status update failed: %s",
-                    self._label(state.key),
-                    exc,
-                    extra=fields("StatusUpdateFailed"),
-                )
+                self._warn(state, "StatusUpdateFailed", "status update failed", exc)
                 retry = now + STATUS_RETRY
                 wake = retry if wake is None or wake > retry else wake
         self._set_state(
@@ -355,6 +320,16 @@ class Reconciler(CredentialRegistry[D]):
         else:
             self.scheduler.cancel(state.key)
 
+    def _warn(self, state: CredentialState[D], event: str, what: str, exc: Exception) -> None:
+        """An API call failed; the reconcile goes on or is retried (never a crash)."""
+        log.warning(
+            "%s: %s: %s",
+            self._label(state.key),
+            what,
+            exc or type(exc).__name__,
+            extra=fields(event),
+        )
+
     async def _event(
         self, state: CredentialState[D], type_: str, reason: str, message: str
     ) -> None:
@@ -365,6 +340,18 @@ class Reconciler(CredentialRegistry[D]):
             message,
             namespace=self.delivery.event_namespace,
         )
+
+
+def write_failure(exc: TargetTaken | Invalid) -> Failure:
+    """A target write that cannot succeed as is: taken by another owner (looked at
+    again slowly: a person has to act), or refused by the API server (terminal)."""
+    if isinstance(exc, Invalid):
+        return Failure(refused_target(exc), terminal=True)
+    return Failure.of(
+        Reason.TARGET_SECRET_CONFLICT,
+        "target Secret was taken by another owner while writing",
+        policy=CONFLICT_RETRY,
+    )
 
 
 def refused_target(exc: Invalid) -> InvalidSpec:

@@ -13,29 +13,30 @@ import datetime as dt
 import logging
 import random
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
+from itcare_operator import model
 from itcare_operator.delivery import Delivery
 from itcare_operator.kube import KubeClient
 from itcare_operator.logs import Resource, fields
 from itcare_operator.metrics import Metrics
-from itcare_operator.model import (
-    REFRESH_ANNOTATION,
-    CredentialState,
-    Key,
-    slim_credential,
-    source_fingerprint,
-)
+from itcare_operator.model import REFRESH_ANNOTATION, CredentialState, Key
 from itcare_operator.scheduler import Scheduler
 from itcare_operator.settings import Settings
 from itcare_operator.spec import InvalidSpec
 from itcare_operator.token_endpoint import TokenEndpoints, utcnow
 
-__all__ = ["CredentialRegistry"]
+__all__ = ["CredentialRegistry", "Options"]
 
 log = logging.getLogger(__name__)
 
 D = TypeVar("D")
+
+
+class Options(TypedDict, total=False):
+    clock: Callable[[], dt.datetime]  # every time decision (tests inject a fake one)
+    rand: Callable[[], float]  # the jitter
+    concurrency: int  # reconciles at once
 
 
 class CredentialRegistry(Generic[D]):
@@ -47,27 +48,32 @@ class CredentialRegistry(Generic[D]):
         kube: KubeClient,
         endpoints: TokenEndpoints,
         metrics: Metrics,
-        delivery: Delivery[D],
-        *,
-        sources: Mapping[Key, Mapping[str, Any]],
-        clock: Callable[[], dt.datetime] = utcnow,
-        rand: Callable[[], float] = random.random,
-        concurrency: int = 32,
+        sources: dict[Key, Mapping[str, Any]] | None = None,
+        **options: Unpack[Options],
     ) -> None:
-        self.settings = settings
-        self.kube = kube
-        self.endpoints = endpoints
-        self.metrics = metrics
-        self.delivery = delivery
-        self.sources = sources  # source Secrets by (namespace, name), from their watch
-        self._clock = clock
-        self._rand = rand
+        self.settings, self.kube, self.endpoints, self.metrics = settings, kube, endpoints, metrics
+        self.delivery = self._adapter(settings, kube, metrics)
+        # Source Secrets by (namespace, name), from their watch; shared by the kinds.
+        self.sources: dict[Key, Mapping[str, Any]] = {} if sources is None else sources
+        self._clock = options.get("clock", utcnow)
+        self._rand = options.get("rand", random.random)
         self.credentials: dict[Key, CredentialState[D]] = {}
         self._by_source: dict[Key, set[Key]] = {}
         self._counts = {"ready": 0, "not_ready": 0, "suspended": 0}
         self.scheduler = Scheduler(
-            self._reconcile_key, concurrency=concurrency, clock=lambda: self._clock().timestamp()
+            self._reconcile_key,
+            concurrency=options.get("concurrency", self.concurrency),
+            clock=lambda: self._clock().timestamp(),
         )
+        self.delivery.attach(self)
+
+    concurrency = 32  # reconciles at once, unless given
+
+    def _adapter(self, settings: Settings, kube: KubeClient, metrics: Metrics) -> Delivery[D]:
+        raise NotImplementedError  # each kind's: where its tokens go
+
+    def now(self) -> dt.datetime:
+        return self._clock()
 
     async def _reconcile_key(self, key: Hashable) -> None:
         raise NotImplementedError  # the reconciler's
@@ -117,7 +123,7 @@ class CredentialRegistry(Generic[D]):
 
     def _take(self, state: CredentialState[D], body: Mapping[str, Any]) -> bool:
         """Keep ``body``; parse the spec when its generation changed (True then)."""
-        state.body = slim_credential(body)  # no managedFields: memory at 10,000 credentials
+        state.body = model.slim_credential(body)  # no managedFields: memory at 10,000 credentials
         generation = int((body.get("metadata") or {}).get("generation") or 0)
         if state.spec is not None and generation == state.generation:
             return False
@@ -147,7 +153,7 @@ class CredentialRegistry(Generic[D]):
     def source_secret_event(self, type_: str | None, secret: Mapping[str, Any]) -> None:
         meta = secret.get("metadata") or {}
         where = (meta.get("namespace", ""), meta.get("name", ""))
-        fingerprint = source_fingerprint(None if type_ == "DELETED" else secret)
+        fingerprint = model.source_fingerprint(None if type_ == "DELETED" else secret)
         for key in self._by_source.get(where, ()):
             state = self.credentials[key]
             if state.source_fingerprint is None:
