@@ -563,7 +563,7 @@ class Operator:
     async def advance(self, seconds: float, *, echoes: bool = True) -> list[object]:
         """Move the clock ``seconds`` on, stopping at every due time on the way."""
         end = self.clock.now + dt.timedelta(seconds=seconds)
-        ran: list[object] = []
+        ran = await self.run(echoes=echoes)  # what happened so far is seen now
         while (due := self.next_due()) is not None and due <= end:
             self.clock.now = max(self.clock.now, due)
             ran += await self.run(echoes=echoes)
