@@ -35,15 +35,16 @@ __all__ = [
     "Event",
     "FakeKube",
     "Operator",
-    "condition",
-    "credential",
-    "source_secret",
-    "token_in",
     "TokenServer",
     "WatchEvent",
+    "condition",
+    "credential",
     "merge_patch",
     "oauth_error",
     "selects",
+    "source_secret",
+    "token_handler",
+    "token_in",
 ]
 
 ALLOWED = "https://accounts.cegedim.cloud/auth/realms/cloud/"
@@ -601,3 +602,21 @@ def token_in(kube: FakeKube, ns: str, name: str = "itcare-token") -> str:
 
 def condition(status: Mapping[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in status.get("conditions") or [] if c.get("type") == type_)
+
+
+def token_handler(counter: list[int]) -> httpx.MockTransport:
+    """A token endpoint that appends to ``counter`` and answers ``tok-N`` (the simpler
+    form some unit modules use; :class:`TokenServer` also scripts answers)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        counter.append(1)
+        return httpx.Response(
+            200,
+            json={
+                "access_token": f"tok-{len(counter)}",
+                "expires_in": LIFETIME,
+                "token_type": "bearer",
+            },
+        )
+
+    return httpx.MockTransport(handle)

@@ -7,6 +7,8 @@ assertions read what the API server holds and what the token endpoint received.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+from typing import Any
 
 import httpx
 
@@ -31,7 +33,7 @@ def parse(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-async def started(**spec: object) -> tuple[Operator, FakeKube, Clock, TokenServer]:
+async def started(**spec: Any) -> tuple[Operator, FakeKube, Clock, TokenServer]:
     kube, clock, tokens = FakeKube(), Clock(), TokenServer()
     kube.put(NS, source_secret(NS))
     kube.apply_credential(credential(NS, **spec))
@@ -44,6 +46,7 @@ async def test_first_issuance_then_refresh_at_the_policy_time() -> None:
     op, kube, clock, tokens = await started()
     assert len(tokens.requests) == 1 and token_in(kube, NS) == "tok-1"
     assert kube.reasons() == ["TokenIssued"]
+    assert ("get_secret", "acct") not in kube.calls  # the source comes from its watch
     status = kube.status_of(NS, "billing")
     assert condition(status, "Ready")["status"] == "True"
     refresh_at = parse(status["nextRefreshTime"])
@@ -68,13 +71,13 @@ async def test_nothing_due_means_no_call_at_all() -> None:
 
 
 async def test_5xx_backoff_grows_is_capped_and_never_passes_expiry() -> None:
-    op, kube, clock, tokens = await started()
+    op, kube, _clock, tokens = await started()
     expires_at = parse(kube.status_of(NS, "billing")["tokenExpiresAt"])
     tokens.answer(*[httpx.Response(503) for _ in range(200)])
     await op.advance(LIFETIME + 120)
     at = tokens.times[1:]
     before = [t for t in at if t < expires_at]
-    gaps = [(b - a).total_seconds() for a, b in zip(before, before[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(before)]
     assert len(before) >= 5, at
     assert all(t < expires_at for t in before[:-1])
     # growing while far from expiry, denser (at most half the remaining time) near it
@@ -82,7 +85,7 @@ async def test_5xx_backoff_grows_is_capped_and_never_passes_expiry() -> None:
     for when, gap in zip(before, gaps, strict=False):
         assert gap <= max((expires_at - when).total_seconds() / 2, 5.0) + 0.001, (when, gap)
     after = [t for t in at if t > expires_at]
-    late = [(b - a).total_seconds() for a, b in zip(after, after[1:], strict=False)]
+    late = [(b - a).total_seconds() for a, b in itertools.pairwise(after)]
     assert late and max(late) <= 30.0  # no valid token: capped short
     status = kube.status_of(NS, "billing")
     assert condition(status, "Refreshed")["reason"] == "TokenEndpointUnavailable"

@@ -45,7 +45,7 @@ async def test_a_restart_reuses_the_stored_token_without_requests_reads_or_patch
 
 
 async def test_a_credential_deleted_while_the_watch_was_down_is_forgotten_on_relist() -> None:
-    op, kube, clock, tokens = await started()
+    op, kube, _clock, tokens = await started()
     labels = {"namespace": NS, "name": "billing", "scope": "namespaced"}
     ready = "itcare_credential_ready"
     assert op.metrics.registry.get_sample_value(ready, labels) == 1.0
@@ -58,7 +58,7 @@ async def test_a_credential_deleted_while_the_watch_was_down_is_forgotten_on_rel
 
 
 async def test_the_owner_reference_lets_garbage_collection_take_the_target() -> None:
-    op, kube, clock, tokens = await started()
+    op, kube, _clock, tokens = await started()
     refs = kube.secrets[(NS, "itcare-token")]["metadata"]["ownerReferences"]
     assert [r["uid"] for r in refs] == [kube.credentials[(NS, "billing")]["metadata"]["uid"]]
     kube.delete_credential(NS, "billing")
@@ -110,7 +110,7 @@ async def test_a_failed_target_write_is_retried_on_the_injected_clock() -> None:
     "from the drift repair's replace_secret) at time.time() + 2, not on the injected clock",
 )
 async def test_a_failed_drift_repair_is_retried_on_the_injected_clock() -> None:
-    op, kube, clock, tokens = await started()
+    op, kube, _clock, _tokens = await started()
     edited = kube.secrets[(NS, "itcare-token")]
     kube.put(NS, {**edited, "data": {**edited["data"], "access_token": "Zm9yZ2Vk"}})
     kube.fail("replace_secret", KubeError("500 Internal Server Error", 500))

@@ -4,6 +4,7 @@ Secrets) and what the operator does about it, against the in-memory API server."
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from tests.fake_kube import (
     Clock,
@@ -20,7 +21,7 @@ NS = "team-a"
 REFRESH = "itcare.cegedim.cloud/refresh-requested-at"
 
 
-async def started(**spec: object) -> tuple[Operator, FakeKube, Clock, TokenServer]:
+async def started(**spec: Any) -> tuple[Operator, FakeKube, Clock, TokenServer]:
     kube, clock, tokens = FakeKube(), Clock(), TokenServer()
     kube.put(NS, source_secret(NS))
     kube.apply_credential(credential(NS, **spec))
@@ -30,7 +31,7 @@ async def started(**spec: object) -> tuple[Operator, FakeKube, Clock, TokenServe
 
 
 async def test_suspend_sends_no_request_keeps_the_valid_token_and_says_suspended() -> None:
-    op, kube, clock, tokens = await started()
+    op, kube, _clock, tokens = await started()
     kube.apply_credential(credential(NS, suspend=True))
     await op.advance(1000)  # past the refresh time (800 s)
     assert len(tokens.requests) == 1
@@ -41,7 +42,7 @@ async def test_suspend_sends_no_request_keeps_the_valid_token_and_says_suspended
 
 
 async def test_the_status_merge_patch_removes_a_cleared_field() -> None:
-    op, kube, clock, tokens = await started()
+    op, kube, _clock, _tokens = await started()
     assert "nextRefreshTime" in kube.status_of(NS, "billing")
     kube.apply_credential(credential(NS, suspend=True))  # suspended: no next refresh
     await op.run()
@@ -50,7 +51,7 @@ async def test_the_status_merge_patch_removes_a_cleared_field() -> None:
 
 async def test_a_token_url_outside_the_allowlist_is_refused_without_a_request() -> None:
     evil = "https://evil.example/auth/realms/cloud/protocol/openid-connect/token"
-    op, kube, clock, tokens = await started(tokenURL=evil)
+    op, kube, _clock, tokens = await started(tokenURL=evil)
     await op.advance(600)
     assert tokens.requests == []
     status = kube.status_of(NS, "billing")
@@ -59,7 +60,7 @@ async def test_a_token_url_outside_the_allowlist_is_refused_without_a_request() 
 
 
 async def test_an_invalid_spec_is_reported_and_the_valid_token_kept() -> None:
-    op, kube, clock, tokens = await started()
+    op, kube, _clock, tokens = await started()
     bad = {"name": "itcare-token", "labels": {"not a key!": "x"}}
     kube.apply_credential(credential(NS, targetSecret=bad))
     await op.advance(600)  # before the token expires
@@ -71,7 +72,7 @@ async def test_an_invalid_spec_is_reported_and_the_valid_token_kept() -> None:
 
 async def test_annotations_beyond_the_api_server_limit_are_an_invalid_spec() -> None:
     huge = {"example.com/big": "x" * (256 * 1024)}
-    op, kube, clock, tokens = await started(
+    _op, kube, _clock, tokens = await started(
         targetSecret={"name": "itcare-token", "annotations": huge}
     )
     assert tokens.requests == []
@@ -80,7 +81,7 @@ async def test_annotations_beyond_the_api_server_limit_are_an_invalid_spec() -> 
 
 
 async def test_a_rotated_source_secret_forces_a_refresh_within_the_forced_interval() -> None:
-    op, kube, clock, tokens = await started()
+    op, kube, _clock, tokens = await started()
     await op.advance(30)
     kube.put(NS, source_secret(NS, secret="rotated"))
     await op.advance(10)
@@ -88,7 +89,7 @@ async def test_a_rotated_source_secret_forces_a_refresh_within_the_forced_interv
 
 
 async def test_the_source_secret_seen_at_start_up_forces_nothing() -> None:
-    op, kube, clock, tokens = await started()
+    _op, kube, clock, _tokens = await started()
     restarted = Operator(kube, clock, TokenServer())
     await restarted.start()
     await restarted.advance(60)
@@ -96,7 +97,7 @@ async def test_the_source_secret_seen_at_start_up_forces_nothing() -> None:
 
 
 async def test_forced_refreshes_by_annotation_are_rate_limited() -> None:
-    op, kube, clock, tokens = await started()
+    op, kube, _clock, tokens = await started()
     await op.advance(60)
     for i in range(3):
         body = credential(NS)
@@ -111,11 +112,10 @@ async def test_forced_refreshes_by_annotation_are_rate_limited() -> None:
 
 
 async def test_drift_is_repaired_with_the_same_token_and_no_request() -> None:
-    op, kube, clock, tokens = await started()
+    op, kube, _clock, tokens = await started()
     edited = kube.secrets[(NS, "itcare-token")]
     edited = {**edited, "data": {**edited["data"], "access_token": "Zm9yZ2Vk"}}
     kube.put(NS, edited)
     await op.advance(1)
     assert token_in(kube, NS) == "tok-1"
     assert len(tokens.requests) == 1
-
