@@ -63,7 +63,8 @@ def setup(
     status: Mapping[str, Any] | None = None, settings: Settings | None = None
 ) -> tuple[Controller, StatusKube, Clock, list[int]]:
     """A controller after its start-up listings; ``status``: the credential's, as listed."""
-    kube, clock, requests = StatusKube(), Clock(), []
+    kube, clock = StatusKube(), Clock()
+    requests: list[int] = []
     transport = token_handler(requests)
     endpoints = TokenEndpoints(lambda url, ca: TokenEndpoint(url, transport=transport, clock=clock))
     controller = Controller(
