@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
+
 from tests.fake_kube import (
     Clock,
     FakeKube,
@@ -88,10 +90,11 @@ async def test_a_rotated_source_secret_forces_a_refresh_within_the_forced_interv
     assert len(tokens.requests) == 2 and token_in(kube, NS) == "tok-2"
 
 
-async def test_the_source_secret_seen_at_start_up_forces_nothing() -> None:
+@pytest.mark.parametrize("targets_first", [True, False], ids=["secrets-first", "crs-first"])
+async def test_the_source_secret_seen_at_start_up_forces_nothing(targets_first: bool) -> None:
     _op, kube, clock, _tokens = await started()
     restarted = Operator(kube, clock, TokenServer())
-    await restarted.start()
+    await restarted.start(targets_first=targets_first)
     await restarted.advance(60)
     assert restarted.tokens.requests == []
 
