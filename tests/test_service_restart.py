@@ -116,3 +116,18 @@ async def test_a_failed_drift_repair_is_retried_on_the_injected_clock() -> None:
     kube.fail("replace_secret", KubeError("500 Internal Server Error", 500))
     await op.advance(10)
     assert token_in(kube, NS) == "tok-1"
+
+
+async def test_echoes_late_out_of_order_or_twice_cost_no_token_and_no_write() -> None:
+    op, kube, _clock, tokens = await started()
+    await op.advance(800, echoes=False)  # the first refresh (rand 0: at 800 s)
+    await op.advance(800, echoes=False)  # and the second; no echo seen yet
+    assert len(tokens.requests) == 3
+    echoes = kube.take_pending()
+    assert {e.kind for e in echoes} == {"Secret", "ITCareCredential"}
+    kube.calls.clear()
+    op.deliver([*reversed(echoes), *echoes])  # late, out of order, twice
+    await op.advance(5)
+    assert len(tokens.requests) == 3
+    assert [m for m, _ in kube.calls if m != "get_secret"] == []  # no write, no patch
+    assert token_in(kube, NS) == "tok-3"
