@@ -58,3 +58,32 @@ async def test_cancel_and_failure_retry() -> None:
     assert calls == ["boom"]
     assert s.due_at("boom") == 1030.0  # the safety net retries in 30 s
     await s.stop()
+
+
+async def test_run_due_runs_what_is_due_by_the_clock_in_order_and_always_ends() -> None:
+    now = [1000.0]
+    ran: list[Hashable] = []
+    s: Scheduler
+
+    async def work(key: Hashable) -> None:
+        ran.append(key)
+        if key == "again":
+            s.schedule("again", now[0])  # due again at once: left for the next call
+        if key == "boom":
+            raise RuntimeError("a bug in one reconcile")
+
+    s = Scheduler(work, clock=lambda: now[0])
+    s.schedule("late", 1010.0)
+    s.schedule("b", 1000.0)
+    s.schedule("a", 999.0)
+    s.schedule("gone", 998.0)
+    s.cancel("gone")
+    s.schedule("again", 1000.0)
+    s.schedule("boom", 1000.0)
+    assert s.next_due() == 999.0  # the cancelled entry does not count
+    assert await s.run_due() == ["a", "b", "again", "boom"]
+    assert ran == ["a", "b", "again", "boom"]
+    assert s.due_at("again") == 1000.0 and s.due_at("boom") == 1030.0  # the safety net's retry
+    assert await s.run_due() == ["again"]
+    now[0] = 1010.0
+    assert "late" in await s.run_due()

@@ -79,6 +79,31 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self._due)
 
+    def next_due(self) -> float | None:
+        """The earliest time anything is scheduled for (None: nothing is)."""
+        while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][:2]:
+            heapq.heappop(self._heap)  # superseded or cancelled
+        return self._heap[0][0] if self._heap else None
+
+    async def run_due(self) -> list[Hashable]:
+        """Run every key due by the clock now, one after the other, without the loop.
+
+        For a driver that owns time (a fake clock, no real sleeps): the work and its
+        safety net are the loop's own. A key its own work schedules again for now is
+        left for the next call, so one call always ends. Never use it with :meth:`start`.
+        """
+        now = self._clock()
+        batch: list[Hashable] = []
+        while (when := self.next_due()) is not None and when <= now:
+            _when, _seq, key = heapq.heappop(self._heap)
+            del self._due[key]
+            batch.append(key)
+        for key in batch:
+            await self._slots.acquire()
+            self._running.add(key)
+            await self._run(key)
+        return batch
+
     async def _loop(self) -> None:
         while True:
             self.heartbeat = time.monotonic()

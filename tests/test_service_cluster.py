@@ -1,0 +1,132 @@
+"""Service tier: ClusterITCareCredential fan-out, finalizer and orphans, against the
+in-memory API server (deletionTimestamp and finalizers as the real one handles them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from itcare_operator.settings import Settings
+from tests.fake_kube import (
+    ALLOWED,
+    URL,
+    Clock,
+    FakeKube,
+    Operator,
+    TokenServer,
+    condition,
+    source_secret,
+    token_in,
+)
+
+PLATFORM = "platform"
+FINALIZER = "itcare.cegedim.cloud/cleanup"
+TEAM = {"team": "a"}
+SETTINGS = Settings(
+    allowed_token_urls=(ALLOWED,),
+    cluster_credentials=True,
+    allowed_source_namespaces=(PLATFORM,),
+)
+
+
+def cluster_credential(name: str = "org", **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "clientSecretRef": {"name": "acct", "namespace": PLATFORM},
+            "tokenURL": URL,
+            "targetSecret": {"name": "itcare-token"},
+            "namespaceSelector": {"matchLabels": TEAM},
+            **spec,
+        },
+    }
+
+
+def world() -> tuple[FakeKube, Clock, TokenServer]:
+    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
+    kube.apply_namespace(PLATFORM)
+    for ns in ("team-a1", "team-a2"):
+        kube.apply_namespace(ns, TEAM)
+    kube.apply_namespace("other")
+    kube.put(PLATFORM, source_secret(PLATFORM))
+    return kube, clock, tokens
+
+
+def copies(kube: FakeKube) -> set[str]:
+    return {ns for (ns, name) in kube.secrets if name == "itcare-token"}
+
+
+async def started() -> tuple[Operator, FakeKube, Clock, TokenServer]:
+    kube, clock, tokens = world()
+    kube.apply_cluster_credential(cluster_credential())
+    op = Operator(kube, clock, tokens, SETTINGS)
+    await op.start()
+    return op, kube, clock, tokens
+
+
+async def test_one_token_fans_out_to_the_selected_namespaces_only() -> None:
+    op, kube, _clock, tokens = await started()
+    assert copies(kube) == {"team-a1", "team-a2"}
+    assert {token_in(kube, ns) for ns in copies(kube)} == {"tok-1"}
+    assert len(tokens.requests) == 1
+    status = kube.cluster_credentials["org"]["status"]
+    assert status["syncedNamespaces"] == 2 and condition(status, "Synced")["status"] == "True"
+    kube.apply_namespace("team-a3", TEAM)  # a new namespace joins
+    await op.advance(1)
+    assert copies(kube) == {"team-a1", "team-a2", "team-a3"} and len(tokens.requests) == 1
+
+
+async def test_a_namespace_leaving_the_selection_loses_its_copy() -> None:
+    op, kube, _clock, _tokens = await started()
+    kube.apply_namespace("team-a2", {})
+    await op.advance(1)
+    assert copies(kube) == {"team-a1"}
+
+
+async def test_the_finalizer_is_added_then_honoured_on_delete() -> None:
+    op, kube, _clock, _tokens = await started()
+    assert kube.cluster_credentials["org"]["metadata"]["finalizers"] == [FINALIZER]
+    kube.delete_cluster_credential("org")
+    assert "org" in kube.cluster_credentials  # held by the finalizer
+    await op.advance(1)
+    assert "org" not in kube.cluster_credentials  # the last finalizer removed: gone
+    assert copies(kube) == set()
+
+
+async def test_copies_of_a_credential_deleted_while_away_are_removed_at_start_up() -> None:
+    _op, kube, clock, _tokens = await started()
+    assert copies(kube) == {"team-a1", "team-a2"}
+    # Deleted while no operator ran, its finalizer removed by hand.
+    del kube.cluster_credentials["org"]
+    restarted = Operator(kube, clock, TokenServer(), SETTINGS)
+    await restarted.start()
+    assert copies(kube) == set()
+    assert restarted.tokens.requests == []
+
+
+async def test_a_conflict_in_one_namespace_does_not_block_the_others() -> None:
+    kube, clock, tokens = world()
+    kube.put("team-a1", {"metadata": {"name": "itcare-token"}, "data": {"mine": "eA=="}})
+    kube.apply_cluster_credential(cluster_credential())
+    op = Operator(kube, clock, tokens, SETTINGS)
+    await op.start()
+    assert token_in(kube, "team-a2") == "tok-1"
+    assert kube.secrets[("team-a1", "itcare-token")]["data"] == {"mine": "eA=="}
+    status = kube.cluster_credentials["org"]["status"]
+    failed = {f["namespace"]: f["reason"] for f in status["failedNamespaces"]}
+    assert failed == {"team-a1": "TargetSecretConflict"}
+    assert condition(status, "Synced")["status"] == "False"
+
+
+async def test_a_restart_of_the_cluster_kind_costs_no_token_and_no_write() -> None:
+    _op, kube, clock, _tokens = await started()
+    kube.calls.clear()
+    restarted = Operator(kube, clock, TokenServer(), SETTINGS)
+    await restarted.start()
+    assert restarted.tokens.requests == []
+    writes = {m for m, _ in kube.calls} & {
+        "create_secret",
+        "replace_secret",
+        "patch_cluster_status",
+        "set_cluster_finalizers",
+    }
+    assert writes == set()

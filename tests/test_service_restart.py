@@ -1,0 +1,116 @@
+"""Service tier: restarts, relists and API failures, against the in-memory API server."""
+
+from __future__ import annotations
+
+import pytest
+
+from itcare_operator.kube import KubeError
+from tests.fake_kube import (
+    Clock,
+    FakeKube,
+    Operator,
+    TokenServer,
+    condition,
+    credential,
+    source_secret,
+    token_in,
+)
+
+NS = "team-a"
+
+
+async def started() -> tuple[Operator, FakeKube, Clock, TokenServer]:
+    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
+    kube.put(NS, source_secret(NS))
+    kube.apply_credential(credential(NS))
+    op = Operator(kube, clock, tokens)
+    await op.start()
+    return op, kube, clock, tokens
+
+
+@pytest.mark.parametrize("targets_first", [True, False], ids=["secrets-first", "crs-first"])
+async def test_a_restart_reuses_the_stored_token_without_requests_reads_or_patches(
+    targets_first: bool,
+) -> None:
+    _op, kube, clock, _tokens = await started()
+    status = kube.status_of(NS, "billing")
+    kube.calls.clear()
+    restarted = Operator(kube, clock, TokenServer())
+    await restarted.start(targets_first=targets_first)
+    assert restarted.tokens.requests == []  # no new token
+    methods = [m for m, _ in kube.calls]
+    assert "get_secret" not in methods  # no reads
+    assert "patch_status" not in methods and kube.status_of(NS, "billing") == status
+    assert token_in(kube, NS) == "tok-1"
+
+
+async def test_a_credential_deleted_while_the_watch_was_down_is_forgotten_on_relist() -> None:
+    op, kube, _clock, tokens = await started()
+    labels = {"namespace": NS, "name": "billing", "scope": "namespaced"}
+    ready = "itcare_credential_ready"
+    assert op.metrics.registry.get_sample_value(ready, labels) == 1.0
+    kube.delete_credential(NS, "billing")
+    kube.take_pending()  # the watch was down: no DELETED event arrives
+    op.controller.credentials_listed(None, list(kube.credentials.values()))
+    assert op.metrics.registry.get_sample_value(ready, labels) is None
+    await op.advance(3600)
+    assert len(tokens.requests) == 1  # never refreshed again
+
+
+async def test_the_owner_reference_lets_garbage_collection_take_the_target() -> None:
+    op, kube, _clock, tokens = await started()
+    refs = kube.secrets[(NS, "itcare-token")]["metadata"]["ownerReferences"]
+    assert [r["uid"] for r in refs] == [kube.credentials[(NS, "billing")]["metadata"]["uid"]]
+    kube.delete_credential(NS, "billing")
+    await op.advance(3600)
+    assert (NS, "itcare-token") not in kube.secrets and len(tokens.requests) == 1
+
+
+async def test_a_failed_status_patch_is_retried_on_the_injected_clock() -> None:
+    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
+    kube.put(NS, source_secret(NS))
+    kube.apply_credential(credential(NS))
+    kube.fail("patch_status", KubeError("500 Internal Server Error", 500))
+    op = Operator(kube, clock, tokens)
+    await op.start()
+    assert "conditions" not in kube.status_of(NS, "billing")
+    await op.advance(10)
+    status = kube.status_of(NS, "billing")
+    assert "conditions" in status and condition(status, "Ready")["status"] == "True"
+    assert len(tokens.requests) == 1
+
+
+async def test_a_failed_target_write_is_retried_on_the_injected_clock() -> None:
+    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
+    kube.put(NS, source_secret(NS))
+    kube.apply_credential(credential(NS))
+    kube.fail("create_secret", KubeError("500 Internal Server Error", 500))
+    op = Operator(kube, clock, tokens)
+    await op.start()
+    assert (NS, "itcare-token") not in kube.secrets
+    await op.advance(10)
+    assert token_in(kube, NS) == "tok-1" and len(tokens.requests) == 1
+
+
+async def test_a_failed_drift_repair_is_retried_on_the_injected_clock() -> None:
+    op, kube, _clock, _tokens = await started()
+    edited = kube.secrets[(NS, "itcare-token")]
+    kube.put(NS, {**edited, "data": {**edited["data"], "access_token": "Zm9yZ2Vk"}})
+    kube.fail("replace_secret", KubeError("500 Internal Server Error", 500))
+    await op.advance(10)
+    assert token_in(kube, NS) == "tok-1"
+
+
+async def test_echoes_late_out_of_order_or_twice_cost_no_token_and_no_write() -> None:
+    op, kube, _clock, tokens = await started()
+    await op.advance(800, echoes=False)  # the first refresh (rand 0: at 800 s)
+    await op.advance(800, echoes=False)  # and the second; no echo seen yet
+    assert len(tokens.requests) == 3
+    echoes = kube.take_pending()
+    assert {e.kind for e in echoes} == {"Secret", "ITCareCredential"}
+    kube.calls.clear()
+    op.deliver([*reversed(echoes), *echoes])  # late, out of order, twice
+    await op.advance(5)
+    assert len(tokens.requests) == 3
+    assert [m for m, _ in kube.calls if m != "get_secret"] == []  # no write, no patch
+    assert token_in(kube, NS) == "tok-3"
