@@ -22,12 +22,12 @@ from typing import Any
 import httpx
 
 from itcare_operator.fanout import ClusterController
+from itcare_operator.handlers import SecretRouter
 from itcare_operator.kube import Conflict, KubeError, NotFound
 from itcare_operator.metrics import Metrics
 from itcare_operator.namespaced import Controller
 from itcare_operator.settings import Settings
 from itcare_operator.source_secret import SOURCE_LABEL
-from itcare_operator.target_secret import CLUSTER_CREDENTIAL_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
 
 __all__ = [
@@ -477,6 +477,7 @@ class Operator:
             if self.settings.cluster_credentials
             else None
         )
+        self.route = SecretRouter(self.settings, self.controller, self.cluster)
 
     async def start(self, *, targets_first: bool = True) -> None:
         """The start-up listings (type None), then the first reconciles."""
@@ -486,9 +487,7 @@ class Operator:
         if not targets_first:
             self._list_credentials(credentials)
         for secret in secrets:
-            self._secret(None, secret, targets=False)
-        for secret in secrets:
-            self._secret(None, secret, sources=False)
+            self._secret(None, secret)
         if targets_first:
             self._list_credentials(credentials)
         if self.cluster is not None:
@@ -497,7 +496,6 @@ class Operator:
             items = [copy.deepcopy(c) for c in self.kube.cluster_credentials.values()]
             for item in items:
                 self.cluster.credential_event(None, item)
-            self.cluster.credentials_listed(None, items)
             await self.cluster.delete_orphans()
         await self.run()
 
@@ -505,7 +503,6 @@ class Operator:
         items = [copy.deepcopy(c) for c in credentials]
         for item in items:
             self.controller.credential_event(None, item)
-        self.controller.credentials_listed(None, items)
 
     def deliver(self, events: list[WatchEvent] | None = None) -> int:
         """Deliver watch events (default: every pending one, in order)."""
@@ -521,25 +518,8 @@ class Operator:
                 self.cluster.namespace_event(event.type, event.obj)
         return len(events)
 
-    def _secret(
-        self,
-        type_: str | None,
-        secret: dict[str, Any],
-        *,
-        sources: bool = True,
-        targets: bool = True,
-    ) -> None:
-        labels = secret["metadata"].get("labels") or {}
-        source_selector = f"{SOURCE_LABEL}=true" if self.settings.require_source_label else ""
-        if sources and selects(source_selector, labels):
-            self.controller.source_secret_event(type_, copy.deepcopy(secret))
-            if self.cluster is not None:
-                self.cluster.source_secret_event(type_, copy.deepcopy(secret))
-        if targets and labels.get(MANAGED_BY_LABEL) == MANAGED_BY:
-            if self.cluster is not None and CLUSTER_CREDENTIAL_LABEL in labels:
-                self.cluster.copy_event(type_, copy.deepcopy(secret))
-            else:
-                self.controller.target_secret_event(type_, copy.deepcopy(secret))
+    def _secret(self, type_: str | None, secret: dict[str, Any]) -> None:
+        self.route(type_, copy.deepcopy(secret))  # as kopf's one Secret watch does
 
     async def run(self, *, echoes: bool = True) -> list[object]:
         """Deliver echoes (unless told not to) and run what is due, until quiet."""

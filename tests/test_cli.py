@@ -289,13 +289,9 @@ def test_a_missing_kubeconfig_file_is_named(tmp_path: Path) -> None:
 
 
 def test_kopf_logs_in_with_the_kubeconfig_and_context_flags(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from itcare_operator.handlers import login
+    from itcare_operator.handlers import connection_info
     from itcare_operator.settings import Settings
 
     kubeconfig = str(two_context_kubeconfig(tmp_path / "kubeconfig"))
-    settings = Settings(kubeconfig=kubeconfig, context="b")
-    memo = SimpleNamespace(controller=SimpleNamespace(settings=settings))
-    info = login(memo=memo)
+    info = connection_info(Settings(kubeconfig=kubeconfig, context="b"))
     assert (info.server, info.scheme, info.token) == ("https://127.0.0.1:10", "Bearer", "x")

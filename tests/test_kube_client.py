@@ -3,16 +3,20 @@ mapping that the controllers rely on (NotFound, Conflict, KubeError without bodi
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import functools
 from typing import Any
 
 import kubernetes
 import pytest
 
-from itcare_operator import kube as kube_module
-from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound, Watch
+from itcare_operator.kube import (
+    Conflict,
+    KubeClient,
+    KubeError,
+    NotFound,
+    credentials_path,
+    secrets_path,
+)
 from tests.environment import Environment
 from tests.testenv import GROUP, PLURAL, VERSION
 
@@ -115,34 +119,14 @@ async def test_unreachable_server_is_a_kube_error(testenv: Environment) -> None:
     kube.close()
 
 
-async def test_list_in_pages_then_watch(
-    kube: KubeClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+async def test_any_listed_is_whether_a_list_holds_anything(
+    kube: KubeClient, namespace: str
 ) -> None:
-    """A (re)list comes in pages; on_listed gets every object's identity once, then the
-    watch goes on from the list's resourceVersion."""
-    monkeypatch.setattr(kube_module, "LIST_PAGE", 3)
-    for i in range(7):
-        await kube.create_secret(namespace, secret(f"p{i}", labels={"page": "yes"}))
-    seen: list[tuple[str | None, str]] = []
-    listed: list[list[dict[str, Any]]] = []
-    watch = Watch(
-        kube,
-        "page=yes",
-        lambda type_, obj: seen.append((type_, obj["metadata"]["name"])),
-        list_fn=functools.partial(kube.core.list_namespaced_secret, namespace),
-        on_listed=listed.append,
-    )
-    watch.start()
-    await asyncio.wait_for(watch.synced.wait(), 30)
-    assert sorted(name for type_, name in seen if type_ is None) == [f"p{i}" for i in range(7)]
-    assert len(listed) == 1
-    assert sorted(i["metadata"]["name"] for i in listed[0]) == [f"p{i}" for i in range(7)]
-    assert all(set(i["metadata"]) == {"namespace", "name", "uid"} for i in listed[0])
-    await kube.create_secret(namespace, secret("p7", labels={"page": "yes"}))
-    for _ in range(100):
-        if ("ADDED", "p7") in seen:
-            break
-        await asyncio.sleep(0.1)
-    watch.stop()
-    assert ("ADDED", "p7") in seen
+    """How the operator tells an empty cluster (kopf calls no handler: ready anyway)
+    from one whose listing is still under way."""
+    assert not await kube.any_listed(credentials_path(namespace))
+    assert not await kube.any_listed(secrets_path(namespace))
+    await kube.create_secret(namespace, secret("one"))
+    assert await kube.any_listed(secrets_path(namespace))
+    assert not await kube.any_listed(credentials_path(namespace))
     kube.close()

@@ -106,7 +106,9 @@ class Operator:
                 "suspend": suspend,
             },
         }
-        self.controller.credential_event(None, copy.deepcopy(body))
+        # Stored in the fake API server: a status patch of an unknown one is a 404.
+        self.controller.credential_event(None, self.kube.apply_credential(body))
+        self.kube.take_pending()
 
     async def reconcile(self, name: str) -> None:
         await self.controller._reconcile_key((NS, name))

@@ -49,12 +49,23 @@ async def test_a_credential_deleted_while_the_watch_was_down_is_forgotten_on_rel
     labels = {"namespace": NS, "name": "billing", "scope": "namespaced"}
     ready = "itcare_credential_ready"
     assert op.metrics.registry.get_sample_value(ready, labels) == 1.0
+    known = dict(op.controller.credentials)
     kube.delete_credential(NS, "billing")
     kube.take_pending()  # the watch was down: no DELETED event arrives
-    op.controller.credentials_listed(None, list(kube.credentials.values()))
+    assert op.controller.forget_vanished(known, set(kube.credentials)) == 1
     assert op.metrics.registry.get_sample_value(ready, labels) is None
     await op.advance(3600)
     assert len(tokens.requests) == 1  # never refreshed again
+
+
+async def test_a_credential_recreated_during_the_listing_is_not_forgotten() -> None:
+    op, kube, _clock, _tokens = await started()
+    known = dict(op.controller.credentials)
+    kube.delete_credential(NS, "billing")
+    kube.apply_credential(credential(NS))  # a new uid, seen by the watch
+    op.deliver()
+    assert op.controller.forget_vanished(known, set()) == 0
+    assert (NS, "billing") in op.controller.credentials
 
 
 async def test_the_owner_reference_lets_garbage_collection_take_the_target() -> None:
@@ -114,3 +125,16 @@ async def test_echoes_late_out_of_order_or_twice_cost_no_token_and_no_write() ->
     assert len(tokens.requests) == 3
     assert [m for m, _ in kube.calls if m != "get_secret"] == []  # no write, no patch
     assert token_in(kube, NS) == "tok-3"
+
+
+async def test_a_status_patch_answered_404_forgets_the_credential() -> None:
+    """Between two listings, a credential deleted unseen is dropped at its next status
+    patch: one wasted refresh at most, then nothing."""
+    op, kube, _clock, tokens = await started()
+    kube.delete_credential(NS, "billing")
+    kube.take_pending()  # no DELETED event
+    await op.advance(3600)
+    assert (NS, "billing") not in op.controller.credentials
+    spent = len(tokens.requests)
+    await op.advance(7200)
+    assert len(tokens.requests) == spent <= 2

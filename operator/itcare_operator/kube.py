@@ -13,13 +13,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
-import functools
 import json
 import logging
 import secrets
-import threading
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kubernetes
@@ -41,13 +39,11 @@ __all__ = [
     "KubeClient",
     "KubeError",
     "NotFound",
-    "SecretWatch",
-    "Watch",
-    "cluster_credential_watch",
-    "credential_watch",
+    "cluster_credentials_path",
+    "credentials_path",
     "load_config",
-    "namespace_watch",
     "read_credentials_sync",
+    "secrets_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,7 +55,7 @@ CLUSTER_PLURAL = "clusteritcarecredentials"
 COMPONENT = "itcare-token-operator"
 REQUEST_TIMEOUT = (5, 30)  # connect, read: no API call may hang a worker thread
 MERGE_PATCH = "application/merge-patch+json"
-LIST_PAGE = 500  # objects per list request
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{}/leases"
 USER_AGENT = f"itcare-token-operator/{__version__}"
 
@@ -179,6 +175,7 @@ class KubeClient:
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         """One API request, answered as a JSON dict; ``verb``/``resource`` label the
         metric, ``what`` starts every error message."""
@@ -190,7 +187,7 @@ class KubeClient:
         data = json.dumps(body).encode() if body is not None else None
 
         def send() -> tuple[int, str, bytes]:
-            headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+            headers = {"User-Agent": USER_AGENT, "Accept": accept}
             if data is not None:
                 headers["Content-Type"] = content_type
             # Bearer tokens (in-cluster, exec plugins) are re-read by the configuration's
@@ -219,6 +216,36 @@ class KubeClient:
             return await self.request("get", resource, what, "GET", path)
         except NotFound:
             return None
+
+    async def list_keys(self, path: str) -> set[tuple[str, str]]:
+        """(namespace, name) of every object a list of ``path`` holds, in pages of
+        metadata only (a tenth of the full objects' bytes)."""
+        keys: set[tuple[str, str]] = set()
+        params = {"limit": "500"}
+        while True:
+            page = await self.request(
+                "list",
+                path.rsplit("/", 1)[-1],
+                f"list {path}",
+                "GET",
+                path,
+                params=params,
+                accept=METADATA_LIST,
+            )
+            for item in page.get("items") or []:
+                meta = item.get("metadata") or {}
+                keys.add((meta.get("namespace", ""), meta.get("name", "")))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return keys
+            params = {"limit": "500", "continue": token}
+
+    async def any_listed(self, path: str) -> bool:
+        """Whether a list of ``path`` holds at least one object (one item asked)."""
+        found = await self.request(
+            "list", path.rsplit("/", 1)[-1], f"list {path}", "GET", path, params={"limit": "1"}
+        )
+        return bool(found.get("items"))
 
     # -- Secrets -------------------------------------------------------------------
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -397,248 +424,20 @@ def _typed(body: Mapping[str, Any], api_version: str, kind: str) -> dict[str, An
     return {"apiVersion": api_version, "kind": kind, **body}
 
 
-class Watch:
-    """List-then-watch objects matching a label selector, in a background thread.
-
-    ``on_event(type, obj)`` is called on the event loop for every object listed
-    (type ``None``) or changed (``ADDED``/``MODIFIED``/``DELETED``). The watch resumes
-    from the last resourceVersion; on 410 Gone or any error it lists again. ``synced``
-    is set once the first listing has been delivered.
-    """
-
-    def __init__(
-        self,
-        client: KubeClient,
-        label_selector: str,
-        on_event: Callable[[str | None, dict[str, Any]], None],
-        *,
-        list_fn: Callable[..., Any],
-        what: str = "Secret",
-        timeout_seconds: int = 60,
-        on_listed: Callable[[list[dict[str, Any]]], None] | None = None,
-    ) -> None:
-        self._client = client
-        self._on_listed = on_listed  # after every (re)list: objects deleted meanwhile
-        self._what = f"{what} watch ({label_selector or 'all'})"
-        self._selector = label_selector
-        self._list_call = list_fn
-        self._on_event = on_event
-        self._timeout = timeout_seconds
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.synced = asyncio.Event()
-
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name=self._what, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    def _deliver(
-        self,
-        events: list[tuple[str | None, dict[str, Any]]],
-        *,
-        listed: list[dict[str, Any]] | None = None,
-    ) -> None:
-        """Hand a batch of events to the event loop in one wake-up (one per chunk read,
-        not one per object: waking the loop per object cost 5 % of its time at N=1000).
-        ``listed``: a (re)list is complete; the identities of everything it held."""
-        assert self._loop is not None
-        if self._loop.is_closed():  # shutting down
-            self._stopping.set()
-            return
-        if events or listed is not None:
-            self._loop.call_soon_threadsafe(self._dispatch, events, listed)
-
-    def _dispatch(
-        self,
-        events: list[tuple[str | None, dict[str, Any]]],
-        listed: list[dict[str, Any]] | None,
-    ) -> None:
-        for type_, obj in events:
-            self._on_event(type_, obj)
-        if listed is not None:
-            if self._on_listed is not None:
-                self._on_listed(listed)
-            self.synced.set()
-
-    def _list_fn(self) -> Callable[..., Any]:
-        return self._list_call
-
-    def _run(self) -> None:
-        delay = 0.5
-        while not self._stopping.is_set():
-            try:
-                version = self._list()
-                delay = 0.5
-                while not self._stopping.is_set():
-                    version = self._watch(version)
-            except _Gone:
-                log.info("%s expired; listing again", self._what)
-            except Exception as exc:  # network, API server restart: list again after a pause
-                log.warning(
-                    "%s failed: %s; retrying in %.1fs",
-                    self._what,
-                    _safe(exc),
-                    delay,
-                )
-                self._stopping.wait(delay)
-                delay = min(delay * 2, 10.0)
-
-    def _list(self) -> str:
-        """List in pages of LIST_PAGE (one consistent snapshot): a restart at 10,000
-        credentials never holds a whole list's JSON and objects at once."""
-        identities: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {}
-        while True:
-            resp = self._list_fn()(
-                label_selector=self._selector,
-                limit=LIST_PAGE,
-                _preload_content=False,
-                _request_timeout=30,
-                **kwargs,
-            )
-            doc = _json(resp)
-            items = doc.get("items") or []
-            identities += [_identity(item) for item in items]
-            self._deliver([(None, item) for item in items])
-            del resp, items
-            meta = doc.get("metadata") or {}
-            if not meta.get("continue"):
-                break
-            kwargs["_continue"] = meta["continue"]
-        self._deliver([], listed=identities)
-        return str(meta["resourceVersion"])
-
-    def _watch(self, version: str) -> str:
-        resp = self._list_fn()(
-            label_selector=self._selector,
-            watch=True,
-            resource_version=version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self._timeout,
-            _preload_content=False,
-            _request_timeout=self._timeout + 10,
-        )
-        try:
-            for batch in _batches(resp):
-                events: list[tuple[str | None, dict[str, Any]]] = []
-                try:
-                    for event in batch:
-                        type_ = event.get("type")
-                        obj = event.get("object") or {}
-                        if type_ == "ERROR":
-                            if obj.get("code") == 410:
-                                raise _Gone
-                            raise KubeError(f"watch error {obj.get('code')} {obj.get('reason')}")
-                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                        if type_ != "BOOKMARK":
-                            events.append((type_, obj))
-                finally:
-                    self._deliver(events)
-                if self._stopping.is_set():
-                    break
-        finally:
-            resp.release_conn()
-        return version
+def credentials_path(namespace: str | None) -> str:
+    """The ITCareCredentials of one namespace (None: of all)."""
+    where = f"namespaces/{namespace}/" if namespace else ""
+    return f"/apis/{GROUP}/{VERSION}/{where}{PLURAL}"
 
 
-class SecretWatch(Watch):
-    """A :class:`Watch` of Secrets, in one namespace or all."""
-
-    def __init__(
-        self,
-        client: KubeClient,
-        label_selector: str,
-        on_event: Callable[[str | None, dict[str, Any]], None],
-        *,
-        namespace: str | None = None,
-        timeout_seconds: int = 60,
-    ) -> None:
-        core = client.core
-        list_fn = (
-            functools.partial(core.list_namespaced_secret, namespace)
-            if namespace
-            else core.list_secret_for_all_namespaces
-        )
-        super().__init__(
-            client, label_selector, on_event, list_fn=list_fn, timeout_seconds=timeout_seconds
-        )
+def cluster_credentials_path() -> str:
+    return f"/apis/{GROUP}/{VERSION}/{CLUSTER_PLURAL}"
 
 
-def namespace_watch(
-    client: KubeClient, on_event: Callable[[str | None, dict[str, Any]], None]
-) -> Watch:
-    return Watch(client, "", on_event, list_fn=client.core.list_namespace, what="Namespace")
-
-
-def credential_watch(
-    client: KubeClient,
-    on_event: Callable[[str | None, dict[str, Any]], None],
-    on_listed: Callable[[list[dict[str, Any]]], None],
-    *,
-    namespace: str | None = None,
-) -> Watch:
-    """ITCareCredentials in one namespace or all (our own watch, not kopf's: kopf's
-    per-event processing was a third of the event loop's time at N=1000)."""
-    custom = client.custom
-    list_fn = (
-        functools.partial(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
-        if namespace
-        else functools.partial(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
-    )
-    return Watch(
-        client, "", on_event, list_fn=list_fn, what="ITCareCredential", on_listed=on_listed
-    )
-
-
-def cluster_credential_watch(
-    client: KubeClient,
-    on_event: Callable[[str | None, dict[str, Any]], None],
-    on_listed: Callable[[list[dict[str, Any]]], None],
-) -> Watch:
-    list_fn = functools.partial(
-        client.custom.list_cluster_custom_object, GROUP, VERSION, CLUSTER_PLURAL
-    )
-    return Watch(
-        client,
-        "",
-        on_event,
-        list_fn=list_fn,
-        what="ClusterITCareCredential",
-        on_listed=on_listed,
-    )
-
-
-class _Gone(Exception):
-    pass
-
-
-def _safe(exc: BaseException) -> str:
-    """Status and class of an error (API bodies are not logged)."""
-    if isinstance(exc, ApiException):
-        return f"{exc.status} {exc.reason}"
-    return f"{type(exc).__name__}: {str(exc)[:160]}"
-
-
-def _identity(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """Just the object's namespace, name and uid (what an ``on_listed`` needs)."""
-    meta = obj.get("metadata") or {}
-    return {"metadata": {k: meta[k] for k in ("namespace", "name", "uid") if k in meta}}
-
-
-def _batches(resp: Any) -> Iterator[list[dict[str, Any]]]:
-    """The watch stream's events, as the lists that each read completed."""
-    buffer = b""
-    for chunk in resp.stream(amt=65536, decode_content=False):
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        yield [json.loads(line) for line in lines if line.strip()]
-    if buffer.strip():
-        yield [json.loads(buffer)]
+def secrets_path(namespace: str | None) -> str:
+    """The Secrets of one namespace (None: of all)."""
+    where = f"namespaces/{namespace}/" if namespace else ""
+    return f"/api/v1/{where}secrets"
 
 
 def read_credentials_sync(

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from itcare_operator import refresh_policy as policy
 from itcare_operator.errors import CredentialError, FailureKind, Reason, TokenEndpointError
-from itcare_operator.kube import Invalid, KubeError
+from itcare_operator.kube import Invalid, KubeError, NotFound
 from itcare_operator.logs import Resource, about, fields
 from itcare_operator.model import (
     CONFLICT_RETRY,
@@ -297,6 +297,9 @@ class Reconciler(CredentialRegistry[D]):
             try:
                 await self.delivery.patch_status(state, status)
                 state.status_sent = status
+            except NotFound:  # deleted while the watch was away: nothing to keep
+                self._forget(state.key)
+                return
             except KubeError as exc:
                 self._warn(state, "StatusUpdateFailed", "status update failed", exc)
                 retry = now + STATUS_RETRY

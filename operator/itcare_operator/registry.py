@@ -139,16 +139,14 @@ class CredentialRegistry(Generic[D]):
         self.delivery.spec_changed(state)
         return True
 
-    def credentials_listed(self, namespace: str | None, items: list[dict[str, Any]]) -> None:
-        """After a (re)list of ``namespace`` (None: all): forget credentials deleted
-        while the watch was down (a relist reports no DELETED events)."""
-        present = {
-            ((i.get("metadata") or {}).get("namespace", ""), (i.get("metadata") or {}).get("name"))
-            for i in items
-        }
-        for key in [k for k in self.credentials if namespace in (None, k[0])]:
-            if key not in present:
-                self._forget(key)
+    def forget_vanished(self, known: Mapping[Key, CredentialState[D]], listed: set[Key]) -> int:
+        """Forget the credentials ``known`` before a listing began that the listing
+        does not hold: deleted while the watch was away (a relist after 410 Gone
+        reports no deletions). One re-created meanwhile is another state: kept."""
+        gone = [k for k, st in known.items() if k not in listed and self.credentials.get(k) is st]
+        for key in gone:
+            self._forget(key)
+        return len(gone)
 
     def source_secret_event(self, type_: str | None, secret: Mapping[str, Any]) -> None:
         meta = secret.get("metadata") or {}

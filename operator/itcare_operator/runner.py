@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -15,35 +14,36 @@ from typing import Any
 import kopf
 from kopf._core.engines.peering import Identity  # not re-exported; kopf.operator types it
 
-from itcare_operator import handlers  # noqa: F401 - registers the kopf handlers
+from itcare_operator import handlers
 from itcare_operator._version import __version__
 from itcare_operator.fanout import ClusterController
 from itcare_operator.health import HttpServers
 from itcare_operator.kube import (
     KubeClient,
-    SecretWatch,
-    Watch,
-    cluster_credential_watch,
-    credential_watch,
+    KubeError,
+    cluster_credentials_path,
+    credentials_path,
     load_config,
-    namespace_watch,
+    secrets_path,
 )
 from itcare_operator.leader import LeaseElector, LostLeadership
 from itcare_operator.logs import configure_logging
 from itcare_operator.metrics import Metrics
 from itcare_operator.namespaced import Controller
+from itcare_operator.registry import CredentialRegistry
 from itcare_operator.settings import Settings
-from itcare_operator.source_secret import SOURCE_LABEL
-from itcare_operator.target_secret import CLUSTER_CREDENTIAL_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
 
 __all__ = ["Runtime", "run_operator"]
 
 log = logging.getLogger(__name__)
 
+SYNC_WARNING = 60.0  # seconds of initial listing before a warning
+VANISHED_CHECK = 300.0  # seconds between listings for credentials deleted unseen
+
 
 class Runtime:
-    """Everything that runs beside kopf's own CRD watch: watches, scheduler, HTTP."""
+    """Everything the operator runs beside kopf's watches: the core, scheduler, HTTP."""
 
     def __init__(self, settings: Settings, kube: KubeClient) -> None:
         self.settings = settings
@@ -69,7 +69,11 @@ class Runtime:
                 settings, kube, self.endpoints, self.metrics, self.controller.sources
             )
         self._lag_task: asyncio.Task[None] | None = None
-        self.watches: list[Watch] = []
+        self._empty_task: asyncio.Task[None] | None = None
+        self._vanished_task: asyncio.Task[None] | None = None
+        self._orphans: asyncio.Task[None] | None = None
+        self.synced = asyncio.Event()  # kopf has filled its indexes (see watching())
+        self.stop = asyncio.Event()  # kopf's stop flag: set on shut-down or lost Lease
         self.elector: LeaseElector | None = None
         self.leading = False
         self.http = HttpServers(
@@ -90,68 +94,35 @@ class Runtime:
     def ready(self) -> bool:
         if not self.leading:
             return self.elector is not None and self.elector.reachable
-        return bool(self.watches) and all(w.synced.is_set() for w in self.watches)
+        return self.synced.is_set()
 
-    def _source_event(self, type_: str | None, secret: dict[str, Any]) -> None:
-        self.controller.source_secret_event(type_, secret)
+    def watching(self) -> None:
+        """kopf ran an event handler: it has filled every index (Secrets, cluster
+        credentials, Namespaces), so everything the start-up needs is known."""
+        if self.synced.is_set():
+            return
+        self.synced.set()
         if self.cluster is not None:
-            self.cluster.source_secret_event(type_, secret)
+            self._orphans = asyncio.create_task(self._start_cluster(), name="cluster start")
 
-    def _target_event(self, type_: str | None, secret: dict[str, Any]) -> None:
-        labels = (secret.get("metadata") or {}).get("labels") or {}
-        if self.cluster is not None and CLUSTER_CREDENTIAL_LABEL in labels:
-            self.cluster.copy_event(type_, secret)
-        else:
-            self.controller.target_secret_event(type_, secret)
+    async def _start_cluster(self) -> None:
+        assert self.cluster is not None
+        await self.cluster.delete_orphans()  # never judged from a partial listing
+        self.cluster.scheduler.start()
 
     async def serve_http(self) -> None:
         await self.http.start(self.settings.health_port, self.settings.metrics_port)
 
-    async def start(self) -> None:
+    async def start_background(self) -> None:
+        """Called by kopf's start-up handler, before it starts watching."""
         self.leading = True
         self.controller.scheduler.heartbeat = time.monotonic()
-        source_selector = f"{SOURCE_LABEL}=true" if self.settings.require_source_label else ""
-        target_selector = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
-        for namespace in self.settings.namespaces or [None]:
-            self.watches.append(
-                SecretWatch(self.kube, source_selector, self._source_event, namespace=namespace)
-            )
-            self.watches.append(
-                SecretWatch(self.kube, target_selector, self._target_event, namespace=namespace)
-            )
-            self.watches.append(
-                credential_watch(
-                    self.kube,
-                    self.controller.credential_event,
-                    functools.partial(self.controller.credentials_listed, namespace),
-                    namespace=namespace,
-                )
-            )
-        if self.cluster is not None:
-            self.watches.append(namespace_watch(self.kube, self.cluster.namespace_event))
-            self.watches.append(
-                cluster_credential_watch(
-                    self.kube,
-                    self.cluster.credential_event,
-                    functools.partial(self.cluster.credentials_listed, None),
-                )
-            )
-        for watch in self.watches:
-            watch.start()
-        # Reconcile only once the Secrets are listed: stored tokens are then known
-        # without one GET per credential (restart safety at scale).
-        try:
-            async with asyncio.timeout(60):
-                for watch in self.watches:
-                    await watch.synced.wait()
-        except TimeoutError:
-            log.warning("Secret watches not synced after 60 s; starting anyway")
+        # ITCareCredential events arrive only once kopf has filled its indexes: the
+        # scheduler has nothing to run before, and may start now.
         self.controller.scheduler.start()
-        if self.cluster is not None:
-            if self.ready():  # never judge copies orphaned from a partial listing
-                await self.cluster.delete_orphans()
-            self.cluster.scheduler.start()
         self._lag_task = asyncio.create_task(self._measure_loop_lag(), name="loop-lag")
+        self._vanished_task = asyncio.create_task(self._forget_vanished(), name="vanished")
+        self._empty_task = asyncio.create_task(self._await_sync(), name="sync")
         log.info(
             "itcare-token-operator %s started (%s%s)",
             __version__,
@@ -162,6 +133,50 @@ class Runtime:
             else "",
         )
 
+    async def _await_sync(self) -> None:
+        """Ready without an event when there is nothing to list (kopf calls no handler
+        then, and an empty cluster is as known as it gets); say so when the listing
+        takes long."""
+        paths = [
+            path
+            for namespace in self.settings.namespaces or [None]
+            for path in (credentials_path(namespace), secrets_path(namespace))
+        ]
+        deadline = time.monotonic() + SYNC_WARNING
+        while not self.synced.is_set():
+            # The cluster kind lists Namespaces, never empty: its events will come.
+            if self.cluster is None:
+                with contextlib.suppress(KubeError):
+                    if not any([await self.kube.any_listed(path) for path in paths]):
+                        self.watching()
+                        return
+            if deadline and time.monotonic() > deadline:
+                log.warning("initial listing not finished after 60 s; /readyz fails until it is")
+                deadline = 0.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.synced.wait(), 2)
+
+    async def _forget_vanished(self) -> None:
+        """kopf relists after 410 Gone or a lost connection, and a relist reports no
+        deletions: a credential deleted meanwhile would stay in memory and be
+        refreshed for nothing. A metadata-only listing now and then finds them."""
+        kinds: list[tuple[CredentialRegistry[Any], list[str]]] = [
+            (self.controller, [credentials_path(ns) for ns in self.settings.namespaces or [None]])
+        ]
+        if self.cluster is not None:
+            kinds.append((self.cluster, [cluster_credentials_path()]))
+        while True:
+            await asyncio.sleep(VANISHED_CHECK)
+            for registry, paths in kinds:
+                known = dict(registry.credentials)
+                try:
+                    listed = set().union(*[await self.kube.list_keys(p) for p in paths])
+                except KubeError as exc:
+                    log.warning("could not list credentials: %s", exc)
+                    continue
+                if gone := registry.forget_vanished(known, listed):
+                    log.info("%d credentials deleted while the watch was down forgotten", gone)
+
     async def _measure_loop_lag(self, period: float = 0.1) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -169,27 +184,15 @@ class Runtime:
             await asyncio.sleep(period)
             self.metrics.loop_lag.observe(max(0.0, loop.time() - before - period))
 
-    async def stop(self) -> None:
-        if self._lag_task is not None:
-            self._lag_task.cancel()
-        for watch in self.watches:
-            watch.stop()
+    async def stop_background(self) -> None:
+        for task in (self._lag_task, self._empty_task, self._vanished_task, self._orphans):
+            if task is not None:
+                task.cancel()
         await self.controller.scheduler.stop()
         if self.cluster is not None:
             await self.cluster.scheduler.stop()
         await self.endpoints.aclose()
         await self.http.stop()
-
-
-class _Memo(kopf.Memo):
-    runtime: Runtime
-    stop: asyncio.Event
-
-    async def start_background(self, controller: Controller) -> None:
-        await self.runtime.start()
-
-    async def stop_background(self) -> None:
-        await self.runtime.stop()
         self.stop.set()  # else kopf waits 5 s for its stop-flag waiter on SIGTERM
 
 
@@ -213,9 +216,9 @@ async def _operate(settings: Settings) -> int:
             await runtime.http.stop()
             kube.close()
             raise
-    memo = _Memo(controller=runtime.controller)
-    memo.runtime = runtime
-    stop = memo.stop = asyncio.Event()
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, runtime)
+    stop = runtime.stop
     code = 0
 
     async def keep_leadership() -> None:
@@ -237,7 +240,7 @@ async def _operate(settings: Settings) -> int:
             # Given, not detected: kopf would ask getpass.getuser(), which raises for a
             # uid without a passwd entry (the image runs as 65532, listed nowhere).
             identity=Identity(identity),
-            memo=memo,
+            registry=registry,
             stop_flag=stop,
         )
     finally:

@@ -270,10 +270,11 @@ OPERATOR_FAILURES: tuple[Entry, ...] = (
         "If it persists: RBAC on itcarecredentials/status, or the CRD is missing.",
     ),
     Entry(
-        "Secret watches not synced after 60 s",
+        "initial listing not finished after 60 s",
         "log line (WARNING)",
-        "The initial listing did not finish in 60 s (a slow API server or very many "
-        "Secrets); the operator starts anyway and /readyz stays failing until it does.",
+        "kopf's initial listing of Secrets and credentials did not finish in 60 s (a slow "
+        "API server or very many Secrets); /readyz fails until it does, then the "
+        "credentials are reconciled.",
         "Check the API server's load; the operator catches up by itself.",
     ),
     Entry(
