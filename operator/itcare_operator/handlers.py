@@ -2,7 +2,9 @@
 
 kopf lists and watches (chunked, resuming, relisting after 410 Gone) and calls the
 functions registered here; they only hand events to the core (:mod:`registry` and
-the delivery adapters), which never calls kopf. Registered at run time on the
+the delivery adapters), which never calls kopf. They are coroutines: kopf runs
+plain functions in worker threads, and the core lives on the event loop alone.
+Registered at run time on the
 operator's own registry, so an operator without ``--cluster-credentials`` does not
 watch Namespaces or the cluster kind it has no RBAC for.
 
@@ -33,7 +35,7 @@ from itcare_operator.settings import Settings
 from itcare_operator.source_secret import SOURCE_LABEL
 from itcare_operator.target_secret import CLUSTER_CREDENTIAL_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
-__all__ = ["Operator", "SecretRouter", "register"]
+__all__ = ["NoDiffBase", "Operator", "SecretRouter", "connection_info", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,21 @@ class SecretRouter:
             controller.target_secret_event(type_, secret)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf compares every body with a stored essence to detect field changes for
+    change handlers; we have none (our handlers take raw events), so nothing is built,
+    copied or stored."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()  # empty: no copy of the body
+
+    def fetch(self, *, body: Any) -> None:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     """Register the handlers this operator's settings call for."""
     settings = operator.settings
@@ -108,6 +125,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
         settings.peering.standalone = True  # leader election is ours (leader.py)
+        settings.persistence.diffbase_storage = NoDiffBase()
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         await operator.start_background()
 
@@ -120,17 +138,17 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         return connection_info(settings)
 
     @kopf.index("v1", "secrets", registry=registry)
-    def secrets(body: kopf.Body, **_: Any) -> None:
+    async def secrets(body: kopf.Body, **_: Any) -> None:
         route(LISTING, body)
 
     @kopf.on.event("v1", "secrets", registry=registry)
-    def secret_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def secret_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
         operator.watching()
         if type is not LISTING:  # a listed one went through the index already
             route(type, body)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def credential(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def credential(type: str | None, body: kopf.Body, **_: Any) -> None:
         operator.watching()
         operator.controller.credential_event(type, body)
 
@@ -139,23 +157,23 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         return
 
     @kopf.index(GROUP, VERSION, CLUSTER_PLURAL, registry=registry)
-    def cluster_credentials(body: kopf.Body, **_: Any) -> None:
+    async def cluster_credentials(body: kopf.Body, **_: Any) -> None:
         # Known before the first reconcile, so that orphaned copies are judged
         # against every cluster credential, never a partial listing.
         cluster.credential_event(LISTING, body)
 
     @kopf.on.event(GROUP, VERSION, CLUSTER_PLURAL, registry=registry)
-    def cluster_credential_deleted(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def cluster_credential_deleted(type: str | None, body: kopf.Body, **_: Any) -> None:
         operator.watching()
         if type == "DELETED":  # the index function saw every other version
             cluster.credential_event(type, body)
 
     @kopf.index("v1", "namespaces", registry=registry)
-    def namespaces(body: kopf.Body, **_: Any) -> None:
+    async def namespaces(body: kopf.Body, **_: Any) -> None:
         cluster.namespace_event(LISTING, body)
 
     @kopf.on.event("v1", "namespaces", registry=registry)
-    def namespace_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def namespace_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
         operator.watching()
         if type is not LISTING:
             cluster.namespace_event(type, body)
