@@ -9,7 +9,7 @@ import pytest
 
 from itcare_operator.errors import InvalidTokenResponse
 from itcare_operator.token import Token, fingerprint, format_time, parse_time
-from itcare_operator.token_endpoint import parse_retry_after, parse_token_response
+from itcare_operator.token_response import parse_retry_after, parse_token_response
 
 NOW = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
 DOC = {
