@@ -10,7 +10,7 @@ import os
 import sys
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from itcare_operator.cli_args import (
     EXIT_INVALID,
@@ -24,6 +24,7 @@ from itcare_operator.errors import (
     EndpointUnavailable,
     InvalidTokenResponse,
     RateLimited,
+    Reason,
     RequestRejected,
     TokenEndpointError,
 )
@@ -68,8 +69,6 @@ def credentials_from_args(args: argparse.Namespace) -> ClientCredentials:
             raise UsageError("--from-secret takes NAMESPACE/NAME")
         import kubernetes
         import yaml
-
-        from itcare_operator.kube import read_credentials_sync
 
         load_cluster_config(args.kubeconfig, args.context)  # usage errors before any call
         try:
@@ -201,3 +200,49 @@ def check_kubeconfig(settings: Settings) -> None:
     """Load the cluster configuration once before starting, so that a missing kubeconfig
     or context is a usage error instead of a traceback from inside the operator."""
     load_cluster_config(settings.kubeconfig, settings.context)
+
+
+def read_credentials_sync(
+    namespace: str,
+    name: str,
+    client_id_key: str,
+    client_secret_key: str,
+    *,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+) -> ClientCredentials:
+    """For ``itcare-operator token --from-secret``: read an API account Secret now."""
+    import kubernetes
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    from itcare_operator.kube_api import load_config
+    from itcare_operator.source_secret import credentials_from_secret
+
+    client = kubernetes.client.ApiClient(load_config(kubeconfig, context))
+    try:
+        core = kubernetes.client.CoreV1Api(client)
+        try:
+            response = core.read_namespaced_secret(name, namespace, _preload_content=False)
+            secret = json.loads(cast(bytes, response.data) or b"{}")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise CredentialError(
+                    f"cannot read Secret {namespace}/{name}: {exc.status} {exc.reason}",
+                    reason=Reason.SOURCE_SECRET_NOT_FOUND,
+                ) from None
+            secret = None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise CredentialError(
+                f"cannot reach the API server ({type(exc).__name__})",
+                reason=Reason.SOURCE_SECRET_NOT_FOUND,
+            ) from None
+        return credentials_from_secret(
+            secret,
+            name=f"{namespace}/{name}",
+            client_id_key=client_id_key,
+            client_secret_key=client_secret_key,
+            require_label=False,
+        )
+    finally:
+        client.close()  # type: ignore[no-untyped-call]

@@ -22,12 +22,24 @@ from typing import Any
 
 import kubernetes
 import urllib3
-from kubernetes.client.exceptions import ApiException
 
 from itcare_operator._version import __version__
-from itcare_operator.errors import CredentialError, Reason
-from itcare_operator.source_secret import credentials_from_secret
-from itcare_operator.token import ClientCredentials, format_time
+from itcare_operator.kube_api import (
+    CLUSTER_PLURAL,
+    GROUP,
+    PLURAL,
+    VERSION,
+    Conflict,
+    Invalid,
+    KubeError,
+    NotFound,
+    api_error,
+    cluster_credentials_path,
+    credentials_path,
+    load_config,
+    secrets_path,
+)
+from itcare_operator.token import format_time
 
 __all__ = [
     "CLUSTER_PLURAL",
@@ -42,91 +54,17 @@ __all__ = [
     "cluster_credentials_path",
     "credentials_path",
     "load_config",
-    "read_credentials_sync",
     "secrets_path",
 ]
 
 log = logging.getLogger(__name__)
 
-GROUP = "itcare.cegedim.cloud"
-VERSION = "v1alpha1"
-PLURAL = "itcarecredentials"
-CLUSTER_PLURAL = "clusteritcarecredentials"
 COMPONENT = "itcare-token-operator"
 REQUEST_TIMEOUT = (5, 30)  # connect, read: no API call may hang a worker thread
 MERGE_PATCH = "application/merge-patch+json"
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{}/leases"
 USER_AGENT = f"itcare-token-operator/{__version__}"
-
-
-class KubeError(Exception):
-    """An API call failed. The message holds the status and reason, never a body."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class NotFound(KubeError):
-    pass
-
-
-class Conflict(KubeError):
-    """409: resourceVersion conflict or AlreadyExists."""
-
-
-class Invalid(KubeError):
-    """422: the object breaks a validation rule; resending it cannot succeed."""
-
-
-def load_config(
-    kubeconfig: str | None = None, context: str | None = None
-) -> kubernetes.client.Configuration:
-    """In-cluster configuration, else ``KUBECONFIG`` / ``~/.kube/config``; an explicit
-    kubeconfig file or context (the CLI flags) wins over in-cluster configuration."""
-    config = kubernetes.client.Configuration()
-    if kubeconfig or context:
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, context=context, client_configuration=config
-        )
-        return config
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
-    return config
-
-
-def _json(response: Any) -> dict[str, Any]:
-    """Read a raw urllib3 response, give its connection back to the pool, parse it.
-
-    With ``_preload_content=False`` urllib3 keeps the connection until
-    ``release_conn()``; without it every request opens a new TLS connection.
-    """
-    try:
-        data = response.data
-    finally:
-        response.release_conn()
-    return json.loads(data) if data else {}
-
-
-def _error(status: int, reason: str, body: bytes, what: str) -> KubeError:
-    """A non-2xx answer as :class:`NotFound`, :class:`Conflict` or :class:`KubeError`;
-    the message holds the status and the Status object's reason, never the body."""
-    try:
-        doc = json.loads(body or b"{}")
-        detail = (doc.get("reason") or "") if isinstance(doc, dict) else ""
-    except ValueError:
-        detail = ""
-    message = f"{what}: {status} {reason}{f' ({detail})' if detail else ''}"
-    if status == 404:
-        return NotFound(message, status)
-    if status == 409:
-        return Conflict(message, status)
-    if status == 422:
-        return Invalid(message, status)
-    return KubeError(message, status)
 
 
 class KubeClient:
@@ -208,7 +146,7 @@ class KubeClient:
             raise KubeError(f"{what}: API server unreachable ({type(exc).__name__})") from None
         if 200 <= status < 300:
             return json.loads(content) if content else {}
-        raise _error(status, reason, content, what)
+        raise api_error(status, reason, content, what)
 
     async def _get(self, resource: str, what: str, path: str) -> dict[str, Any] | None:
         """One object, or None when it does not exist."""
@@ -422,58 +360,3 @@ class KubeClient:
 def _typed(body: Mapping[str, Any], api_version: str, kind: str) -> dict[str, Any]:
     """The body with its apiVersion and kind (the API server wants them in a write)."""
     return {"apiVersion": api_version, "kind": kind, **body}
-
-
-def credentials_path(namespace: str | None) -> str:
-    """The ITCareCredentials of one namespace (None: of all)."""
-    where = f"namespaces/{namespace}/" if namespace else ""
-    return f"/apis/{GROUP}/{VERSION}/{where}{PLURAL}"
-
-
-def cluster_credentials_path() -> str:
-    return f"/apis/{GROUP}/{VERSION}/{CLUSTER_PLURAL}"
-
-
-def secrets_path(namespace: str | None) -> str:
-    """The Secrets of one namespace (None: of all)."""
-    where = f"namespaces/{namespace}/" if namespace else ""
-    return f"/api/v1/{where}secrets"
-
-
-def read_credentials_sync(
-    namespace: str,
-    name: str,
-    client_id_key: str,
-    client_secret_key: str,
-    *,
-    kubeconfig: str | None = None,
-    context: str | None = None,
-) -> ClientCredentials:
-    """For ``itcare-operator token --from-secret``: read an API account Secret now."""
-    client = kubernetes.client.ApiClient(load_config(kubeconfig, context))
-    try:
-        core = kubernetes.client.CoreV1Api(client)
-        try:
-            secret = _json(core.read_namespaced_secret(name, namespace, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 404:
-                secret = None
-            else:
-                raise CredentialError(
-                    f"cannot read Secret {namespace}/{name}: {exc.status} {exc.reason}",
-                    reason=Reason.SOURCE_SECRET_NOT_FOUND,
-                ) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise CredentialError(
-                f"cannot reach the API server ({type(exc).__name__})",
-                reason=Reason.SOURCE_SECRET_NOT_FOUND,
-            ) from None
-        return credentials_from_secret(
-            secret,
-            name=f"{namespace}/{name}",
-            client_id_key=client_id_key,
-            client_secret_key=client_secret_key,
-            require_label=False,
-        )
-    finally:
-        client.close()  # type: ignore[no-untyped-call]
