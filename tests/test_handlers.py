@@ -105,6 +105,7 @@ class Runtime:
         self.settings = settings
         self.controller = Recorder()
         self.cluster = Recorder() if settings.cluster_credentials else None
+        self.route = SecretRouter(settings, self.controller, self.cluster)  # type: ignore[arg-type]
 
 
 def watched(registry: kopf.OperatorRegistry) -> set[str]:

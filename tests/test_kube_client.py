@@ -119,14 +119,25 @@ async def test_unreachable_server_is_a_kube_error(testenv: Environment) -> None:
     kube.close()
 
 
-async def test_any_listed_is_whether_a_list_holds_anything(
-    kube: KubeClient, namespace: str
+async def test_list_objects_reads_every_page(
+    kube: KubeClient, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """How the operator tells an empty cluster (kopf calls no handler: ready anyway)
-    from one whose listing is still under way."""
-    assert not await kube.any_listed(credentials_path(namespace))
-    assert not await kube.any_listed(secrets_path(namespace))
-    await kube.create_secret(namespace, secret("one"))
-    assert await kube.any_listed(secrets_path(namespace))
-    assert not await kube.any_listed(credentials_path(namespace))
+    """The start-up listing (restart safety) must hold every Secret, however many
+    pages the API server splits it into."""
+    for i in range(7):
+        await kube.create_secret(namespace, secret(f"p{i}"))
+    calls: list[str] = []
+    kube.on_call = lambda verb, resource: calls.append(verb)
+    request = kube.request
+
+    async def small_pages(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        if kwargs.get("params", {}).get("limit"):
+            kwargs["params"] = {**kwargs["params"], "limit": "3"}
+        return await request(*args, **kwargs)
+
+    monkeypatch.setattr(kube, "request", small_pages)
+    listed = await kube.list_objects(secrets_path(namespace))
+    names = sorted(s["metadata"]["name"] for s in listed)
+    assert names == [f"p{i}" for i in range(7)] and len(calls) == 3
+    assert await kube.list_objects(credentials_path(namespace)) == []
     kube.close()

@@ -1,22 +1,19 @@
 """kopf at the edge: what the operator watches, and where each event goes.
 
-kopf lists and watches (chunked, resuming, relisting after 410 Gone) and calls the
-functions registered here; they only hand events to the core (:mod:`registry` and
-the delivery adapters), which never calls kopf. They are coroutines: kopf runs
-plain functions in worker threads, and the core lives on the event loop alone.
-Registered at run time on the
-operator's own registry, so an operator without ``--cluster-credentials`` does not
-watch Namespaces or the cluster kind it has no RBAC for.
+kopf lists and watches (in chunks, resuming, relisting after 410 Gone) and calls the
+handlers registered here; they only hand events to the core (:mod:`registry` and
+the delivery adapters), which never calls kopf. They are coroutines: kopf runs plain
+functions in worker threads, and the core lives on the event loop alone. Registered
+at run time on the operator's own registry, so an operator without
+``--cluster-credentials`` does not watch Namespaces or the cluster kind it has no
+RBAC for.
 
-Order at start-up is what restart safety needs: the Secrets (API accounts, target
-Secrets, copies), the ClusterITCareCredentials and the Namespaces are **indexes**,
-which kopf fills from their initial listings before it runs any other handler. So
-when the first ITCareCredential event arrives, every stored token and API account is
-already in memory: no GET per credential, no refresh because a source looked absent.
-Secret events reach the index function (as a listing would: it stores, never wakes)
-and then the event handler (with the real type: it wakes). kopf keeps no per-object
-state for us (no finalizers, annotations or diff bases: there are no change handlers),
-and posts no Events (ours are aggregated by the core).
+Restart safety needs every stored token and API account in memory before the first
+reconcile: the runner lists them once before kopf starts (``Runtime._prime``), not
+through kopf indexes, whose start-up wait grows with the square of the objects
+(docs/bench/kopf.md). kopf keeps no per-object state of ours (no finalizers,
+annotations or diff bases: there are no change handlers) and posts no Events (the
+core's are aggregated).
 """
 
 from __future__ import annotations
@@ -39,8 +36,6 @@ __all__ = ["NoDiffBase", "Operator", "SecretRouter", "connection_info", "registe
 
 log = logging.getLogger(__name__)
 
-LISTING = None  # kopf's event type for an object of an initial listing
-
 
 class Operator(Protocol):
     """What the handlers need of the running operator (``runner.Runtime``)."""
@@ -48,9 +43,7 @@ class Operator(Protocol):
     settings: Settings
     controller: Controller
     cluster: ClusterController | None
-
-    def watching(self) -> None:
-        """An event handler ran: kopf has filled every index."""
+    route: SecretRouter
 
     async def start_background(self) -> None: ...
 
@@ -114,7 +107,6 @@ class NoDiffBase(kopf.DiffBaseStorage):
 def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     """Register the handlers this operator's settings call for."""
     settings = operator.settings
-    route = SecretRouter(settings, operator.controller, operator.cluster)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -137,46 +129,27 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(settings)
 
-    @kopf.index("v1", "secrets", registry=registry)
-    async def secrets(body: kopf.Body, **_: Any) -> None:
-        route(LISTING, body)
+    route = operator.route
 
     @kopf.on.event("v1", "secrets", registry=registry)
-    async def secret_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
-        operator.watching()
-        if type is not LISTING:  # a listed one went through the index already
-            route(type, body)
+    async def secret(type: str | None, body: kopf.Body, **_: Any) -> None:
+        route(type, body)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def credential(type: str | None, body: kopf.Body, **_: Any) -> None:
-        operator.watching()
         operator.controller.credential_event(type, body)
 
     cluster = operator.cluster
     if cluster is None:
         return
 
-    @kopf.index(GROUP, VERSION, CLUSTER_PLURAL, registry=registry)
-    async def cluster_credentials(body: kopf.Body, **_: Any) -> None:
-        # Known before the first reconcile, so that orphaned copies are judged
-        # against every cluster credential, never a partial listing.
-        cluster.credential_event(LISTING, body)
-
     @kopf.on.event(GROUP, VERSION, CLUSTER_PLURAL, registry=registry)
-    async def cluster_credential_deleted(type: str | None, body: kopf.Body, **_: Any) -> None:
-        operator.watching()
-        if type == "DELETED":  # the index function saw every other version
-            cluster.credential_event(type, body)
-
-    @kopf.index("v1", "namespaces", registry=registry)
-    async def namespaces(body: kopf.Body, **_: Any) -> None:
-        cluster.namespace_event(LISTING, body)
+    async def cluster_credential(type: str | None, body: kopf.Body, **_: Any) -> None:
+        cluster.credential_event(type, body)
 
     @kopf.on.event("v1", "namespaces", registry=registry)
-    async def namespace_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
-        operator.watching()
-        if type is not LISTING:
-            cluster.namespace_event(type, body)
+    async def namespace(type: str | None, body: kopf.Body, **_: Any) -> None:
+        cluster.namespace_event(type, body)
 
 
 def connection_info(settings: Settings) -> kopf.ConnectionInfo:

@@ -37,6 +37,7 @@ from itcare_operator.kube_api import (
     cluster_credentials_path,
     credentials_path,
     load_config,
+    namespaces_path,
     secrets_path,
 )
 from itcare_operator.token import format_time
@@ -54,6 +55,7 @@ __all__ = [
     "cluster_credentials_path",
     "credentials_path",
     "load_config",
+    "namespaces_path",
     "secrets_path",
 ]
 
@@ -178,12 +180,19 @@ class KubeClient:
                 return keys
             params = {"limit": "500", "continue": token}
 
-    async def any_listed(self, path: str) -> bool:
-        """Whether a list of ``path`` holds at least one object (one item asked)."""
-        found = await self.request(
-            "list", path.rsplit("/", 1)[-1], f"list {path}", "GET", path, params={"limit": "1"}
-        )
-        return bool(found.get("items"))
+    async def list_objects(self, path: str) -> list[dict[str, Any]]:
+        """Every object a list of ``path`` holds, read in pages of 500."""
+        objects: list[dict[str, Any]] = []
+        params = {"limit": "500"}
+        while True:
+            page = await self.request(
+                "list", path.rsplit("/", 1)[-1], f"list {path}", "GET", path, params=params
+            )
+            objects += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return objects
+            params = {"limit": "500", "continue": token}
 
     # -- Secrets -------------------------------------------------------------------
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ __all__ = [
     "cluster_credentials_path",
     "credentials_path",
     "load_config",
+    "namespaces_path",
     "secrets_path",
 ]
 
@@ -96,6 +97,10 @@ def credentials_path(namespace: str | None) -> str:
 
 def cluster_credentials_path() -> str:
     return f"/apis/{GROUP}/{VERSION}/{CLUSTER_PLURAL}"
+
+
+def namespaces_path() -> str:
+    return "/api/v1/namespaces"
 
 
 def secrets_path(namespace: str | None) -> str:

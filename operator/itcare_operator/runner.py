@@ -17,6 +17,7 @@ from kopf._core.engines.peering import Identity  # not re-exported; kopf.operato
 from itcare_operator import handlers
 from itcare_operator._version import __version__
 from itcare_operator.fanout import ClusterController
+from itcare_operator.handlers import SecretRouter
 from itcare_operator.health import HttpServers
 from itcare_operator.kube import (
     KubeClient,
@@ -24,6 +25,7 @@ from itcare_operator.kube import (
     cluster_credentials_path,
     credentials_path,
     load_config,
+    namespaces_path,
     secrets_path,
 )
 from itcare_operator.leader import LeaseElector, LostLeadership
@@ -38,7 +40,6 @@ __all__ = ["Runtime", "run_operator"]
 
 log = logging.getLogger(__name__)
 
-SYNC_WARNING = 60.0  # seconds of initial listing before a warning
 VANISHED_CHECK = 300.0  # seconds between listings for credentials deleted unseen
 
 
@@ -69,10 +70,9 @@ class Runtime:
                 settings, kube, self.endpoints, self.metrics, self.controller.sources
             )
         self._lag_task: asyncio.Task[None] | None = None
-        self._empty_task: asyncio.Task[None] | None = None
         self._vanished_task: asyncio.Task[None] | None = None
-        self._orphans: asyncio.Task[None] | None = None
-        self.synced = asyncio.Event()  # kopf has filled its indexes (see watching())
+        self.route = SecretRouter(settings, self.controller, self.cluster)
+        self.synced = asyncio.Event()  # the initial listing is in memory (see _prime)
         self.stop = asyncio.Event()  # kopf's stop flag: set on shut-down or lost Lease
         self.elector: LeaseElector | None = None
         self.leading = False
@@ -96,33 +96,21 @@ class Runtime:
             return self.elector is not None and self.elector.reachable
         return self.synced.is_set()
 
-    def watching(self) -> None:
-        """kopf ran an event handler: it has filled every index (Secrets, cluster
-        credentials, Namespaces), so everything the start-up needs is known."""
-        if self.synced.is_set():
-            return
-        self.synced.set()
-        if self.cluster is not None:
-            self._orphans = asyncio.create_task(self._start_cluster(), name="cluster start")
-
-    async def _start_cluster(self) -> None:
-        assert self.cluster is not None
-        await self.cluster.delete_orphans()  # never judged from a partial listing
-        self.cluster.scheduler.start()
-
     async def serve_http(self) -> None:
         await self.http.start(self.settings.health_port, self.settings.metrics_port)
 
     async def start_background(self) -> None:
-        """Called by kopf's start-up handler, before it starts watching."""
+        """Called by kopf's start-up handler, before kopf starts watching."""
         self.leading = True
         self.controller.scheduler.heartbeat = time.monotonic()
-        # ITCareCredential events arrive only once kopf has filled its indexes: the
-        # scheduler has nothing to run before, and may start now.
+        await self._prime()
         self.controller.scheduler.start()
+        if self.cluster is not None:
+            await self.cluster.delete_orphans()  # never judged from a partial listing
+            self.cluster.scheduler.start()
+        self.synced.set()
         self._lag_task = asyncio.create_task(self._measure_loop_lag(), name="loop-lag")
         self._vanished_task = asyncio.create_task(self._forget_vanished(), name="vanished")
-        self._empty_task = asyncio.create_task(self._await_sync(), name="sync")
         log.info(
             "itcare-token-operator %s started (%s%s)",
             __version__,
@@ -133,28 +121,32 @@ class Runtime:
             else "",
         )
 
-    async def _await_sync(self) -> None:
-        """Ready without an event when there is nothing to list (kopf calls no handler
-        then, and an empty cluster is as known as it gets); say so when the listing
-        takes long."""
-        paths = [
-            path
-            for namespace in self.settings.namespaces or [None]
-            for path in (credentials_path(namespace), secrets_path(namespace))
-        ]
-        deadline = time.monotonic() + SYNC_WARNING
-        while not self.synced.is_set():
-            # The cluster kind lists Namespaces, never empty: its events will come.
-            if self.cluster is None:
-                with contextlib.suppress(KubeError):
-                    if not any([await self.kube.any_listed(path) for path in paths]):
-                        self.watching()
-                        return
-            if deadline and time.monotonic() > deadline:
-                log.warning("initial listing not finished after 60 s; /readyz fails until it is")
-                deadline = 0.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.synced.wait(), 2)
+    async def _prime(self) -> None:
+        """One listing of the Secrets (and, for the cluster kind, of its credentials and
+        the Namespaces) before the first reconcile: every stored token, API account and
+        copy is then known without a GET per credential (restart safety), and orphans
+        are judged against every cluster credential. kopf's watches then deliver
+        everything again and what changed since; the core takes both alike.
+
+        Not a kopf index: kopf holds every handler until each indexed object has been
+        indexed, and that wait wakes every waiting object at each object indexed:
+        30 s of start-up at 1,000 credentials, quadratic (docs/bench/kopf.md)."""
+        started = time.monotonic()
+        while True:
+            try:
+                for namespace in self.settings.namespaces or [None]:
+                    for secret in await self.kube.list_objects(secrets_path(namespace)):
+                        self.route(None, secret)
+                if self.cluster is not None:
+                    for listed in await self.kube.list_objects(namespaces_path()):
+                        self.cluster.namespace_event(None, listed)
+                    for body in await self.kube.list_objects(cluster_credentials_path()):
+                        self.cluster.credential_event(None, body)
+                break
+            except KubeError as exc:
+                log.warning("initial listing failed: %s; retrying in 5 s", exc)
+                await asyncio.sleep(5)
+        log.info("initial listing done in %.1f s", time.monotonic() - started)
 
     async def _forget_vanished(self) -> None:
         """kopf relists after 410 Gone or a lost connection, and a relist reports no
@@ -185,7 +177,7 @@ class Runtime:
             self.metrics.loop_lag.observe(max(0.0, loop.time() - before - period))
 
     async def stop_background(self) -> None:
-        for task in (self._lag_task, self._empty_task, self._vanished_task, self._orphans):
+        for task in (self._lag_task, self._vanished_task):
             if task is not None:
                 task.cancel()
         await self.controller.scheduler.stop()

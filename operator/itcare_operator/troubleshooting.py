@@ -270,12 +270,13 @@ OPERATOR_FAILURES: tuple[Entry, ...] = (
         "If it persists: RBAC on itcarecredentials/status, or the CRD is missing.",
     ),
     Entry(
-        "initial listing not finished after 60 s",
+        "initial listing failed",
         "log line (WARNING)",
-        "kopf's initial listing of Secrets and credentials did not finish in 60 s (a slow "
-        "API server or very many Secrets); /readyz fails until it does, then the "
-        "credentials are reconciled.",
-        "Check the API server's load; the operator catches up by itself.",
+        "The start-up listing of Secrets (and, for the cluster kind, of its credentials "
+        "and the Namespaces) failed; it is retried every 5 s and nothing is reconciled, "
+        "and /readyz fails, until it succeeds: a credential is never refreshed on a "
+        "partial view.",
+        "Check the API server and the operator's list RBAC on secrets (and namespaces).",
     ),
     Entry(
         "could not post event",
