@@ -605,8 +605,11 @@ def test_two_replicas_one_active_and_handover(
         b = run_operator(
             f"--namespace={namespace}", f"--allowed-token-url={prefix}", extra_env=env, wait=False
         )
-        time.sleep(3)
-        assert "waiting to become leader" in b.output() and "became leader" not in b.output()
+        # A loaded machine can take seconds to start a Python process: wait for the
+        # standby to say it waits, rather than sleeping a fixed time.
+        wait_for("the standby waiting", lambda: "waiting to become leader" in b.output())
+        time.sleep(1)
+        assert "became leader" not in b.output()
         assert kc.count(status=None) == n  # the standby made no request
         with Watcher(core, namespace, targets, kc.issued) as watcher:
             a.stop(signal.SIGKILL)
