@@ -11,13 +11,18 @@ ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# The runtime dependencies come from the lock, every file checked against its hash
+# (`make lock` regenerates it); the build tools stay in this stage's own venv.
+COPY requirements.lock ./
+RUN python -m venv /opt/itcare \
+    && /opt/itcare/bin/pip install --no-compile --require-hashes --only-binary=:all: \
+       -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-RUN python -m venv /opt/itcare \
-    && /opt/itcare/bin/pip install --no-compile build==1.2.2 \
-    && /opt/itcare/bin/python -m build --wheel --outdir /dist . \
-    && /opt/itcare/bin/pip uninstall -y build \
-    && /opt/itcare/bin/pip install /dist/*.whl
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --no-compile build==1.2.2 \
+    && /opt/build/bin/python -m build --wheel --outdir /dist . \
+    && /opt/itcare/bin/pip install --no-compile --no-deps /dist/*.whl
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0

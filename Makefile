@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv lint unit components test test-env reliability demo bench bench-smoke bench-peers clean
+.PHONY: all venv lint unit components test test-env reliability demo bench bench-smoke bench-peers lock clean
 
 all: test
 
@@ -55,6 +55,11 @@ bench-peers: $(STAMP) components
 
 bench-smoke: $(STAMP) components
 	$(PY) -m bench.run --smoke
+
+# The image's pinned, hashed runtime dependencies (the Dockerfile installs from it).
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --universal \
+	  --python-version 3.11 -o requirements.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -50,8 +50,16 @@ so do the ITCareCredentials and their target Secrets, holding the last token. No
 refreshes them any more: applications keep working until that token expires (at most
 its lifetime, 20 minutes for ITCare), then get 401s. Reinstalling the chart resumes
 refreshing (the stored tokens are reused while valid). Deleting an ITCareCredential
-deletes its target Secret (owner reference); deleting the CRD deletes every
-credential and so every target Secret.
+deletes its target Secret (owner reference), unless its
+`spec.targetSecret.deletionPolicy` is `Retain` (as in External Secrets): then the Secret
+stays with its last token. Deleting the CRD deletes every credential and so every
+target Secret whose policy is `Delete`.
+
+Monitoring, each opt-in: `serviceMonitor.enabled` (a prometheus-operator ServiceMonitor,
+with `honorLabels` so a series keeps the credential's namespace), `prometheusRule.enabled`
+(four alerts, each proven with `promtool test rules`), `grafanaDashboard.enabled` (a
+dashboard ConfigMap for the Grafana sidecar, label `grafana_dashboard: "1"`). Metrics,
+alerts, dashboard and the JSON log fields are described in `docs/metrics-and-alerts.md`.
 
 ## Values
 

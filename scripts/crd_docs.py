@@ -6,6 +6,7 @@ python scripts/crd_docs.py --check  # exit 1 when out of date
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,14 @@ CRDS = [
 OUT = ROOT / "docs" / "crd-reference.md"
 
 
+def literal(value: Any) -> str:
+    """A value as it is written in a manifest: ``false``, ``null``, ``{}``, a string bare
+    (``client-id``) unless YAML would read it as something else (``"True"``)."""
+    if isinstance(value, str) and yaml.safe_load(value) == value:
+        return value
+    return json.dumps(value, separators=(", ", ": "))
+
+
 def walk(node: dict[str, Any], path: str, required: set[str], rows: list[str]) -> None:
     for name, child in (node.get("properties") or {}).items():
         field = f"{path}.{name}" if path else name
@@ -28,9 +37,9 @@ def walk(node: dict[str, Any], path: str, required: set[str], rows: list[str]) -
             kind = f"array of {child.get('items', {}).get('type', 'object')}"
         notes = []
         if "default" in child:
-            notes.append(f"default `{child['default']}`")
+            notes.append(f"default `{literal(child['default'])}`")
         if "enum" in child:
-            notes.append("one of " + ", ".join(f"`{v}`" for v in child["enum"]))
+            notes.append("one of " + ", ".join(f"`{literal(v)}`" for v in child["enum"]))
         if "minimum" in child or "maximum" in child:
             notes.append(f"{child.get('minimum', '')}..{child.get('maximum', '')}")
         if "pattern" in child:
@@ -43,6 +52,9 @@ def walk(node: dict[str, Any], path: str, required: set[str], rows: list[str]) -
         rows.append(f"| `{field}` | {kind} | {req} | {desc}{extra} |")
         if child.get("properties"):
             walk(child, field, set(child.get("required") or []), rows)
+        items = child.get("items") or {}
+        if items.get("properties"):
+            walk(items, f"{field}[]", set(items.get("required") or []), rows)
 
 
 def render() -> str:

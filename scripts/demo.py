@@ -66,6 +66,22 @@ def show_secret(doc: dict[str, Any]) -> None:
     print(f"  owner:         {owner['kind']}/{owner['name']} (deleting it deletes this Secret)")
 
 
+def apply_examples(env: dict[str, str], testenv: environment.Environment, token_url: str) -> str:
+    """examples/, pointed at the local Keycloak and its demo API account; returns the
+    credential as applied (it holds no secret)."""
+    realm = json.loads(testenv.realm_file.read_text())["clients"][CLIENT]
+    account = (ROOT / "examples" / "api-account-secret.yaml").read_text()
+    account = account.replace("team-a", NAMESPACE).replace("my-api-account", realm["client_id"])
+    account = account.replace("change-me", realm["client_secret"])
+    kubectl(env, "apply", "-f", "-", input=account)
+    credential = (ROOT / "examples" / "itcarecredential.yaml").read_text()
+    credential = credential.replace("team-a", NAMESPACE).replace(
+        "  # tokenURL defaults to", f"  tokenURL: {token_url}\n  # tokenURL defaults to"
+    )
+    kubectl(env, "apply", "-f", "-", input=credential)
+    return credential
+
+
 # The consumer prints a line each time the token in its volume changes.
 CONSUMER = (
     "last=; while true; do fp=$(sha256sum /var/run/itcare/access_token | cut -c1-12); "
@@ -134,20 +150,7 @@ def main() -> int:
             "crd/itcarecredentials.itcare.cegedim.cloud",
         )
         kubectl(env, "create", "namespace", NAMESPACE, check=False)
-        realm = json.loads(testenv.realm_file.read_text())["clients"][CLIENT]
-        # examples/, pointed at the local Keycloak and its demo API account
-        account = (ROOT / "examples" / "api-account-secret.yaml").read_text()
-        account = account.replace("team-a", NAMESPACE).replace("my-api-account", realm["client_id"])
-        account = account.replace("change-me", realm["client_secret"])
-        kubectl(env, "apply", "-f", "-", input=account)
-        credential = (
-            (ROOT / "examples" / "itcarecredential.yaml").read_text().replace("team-a", NAMESPACE)
-        )
-        credential = credential.replace(
-            "  # tokenURL defaults to", f"  tokenURL: {testenv.token_url}\n  # tokenURL defaults to"
-        )
-        kubectl(env, "apply", "-f", "-", input=credential)
-        print(credential)
+        print(apply_examples(env, testenv, testenv.token_url))
 
         say("Starting the operator (logs: " + str(log_path) + ")")
         metrics_port, health_port = environment.free_port(), environment.free_port()
@@ -236,7 +239,6 @@ def main() -> int:
         cleanup()
 
 
-
 def node_demo(interactive: bool) -> int:
     """The operator as a pod through the chart, and an application pod reading tokens."""
     # A 10 s kubelet sync (default 1 m) so that the 90 s demo tokens reach the pod with
@@ -278,21 +280,8 @@ def node_demo(interactive: bool) -> int:
         subprocess.run(helm, env=env, check=True, capture_output=True)
         print(kubectl(env, "-n", "itcare-system", "get", "pods", "-o", "wide"))
         kubectl(env, "create", "namespace", NAMESPACE)
-        realm = json.loads(testenv.realm_file.read_text())["clients"][CLIENT]
-        account = (ROOT / "examples" / "api-account-secret.yaml").read_text()
-        account = account.replace("team-a", NAMESPACE).replace("my-api-account", realm["client_id"])
-        account = account.replace("change-me", realm["client_secret"])
-        kubectl(env, "apply", "-f", "-", input=account)
-        credential = (
-            (ROOT / "examples" / "itcarecredential.yaml").read_text().replace("team-a", NAMESPACE)
-        )
-        credential = credential.replace(
-            "  # tokenURL defaults to",
-            f"  tokenURL: {testenv.node['pod_token_url']}\n  # tokenURL defaults to",
-        )
         say("The API account Secret and this ITCareCredential (namespace itcare-demo)")
-        print(credential)
-        kubectl(env, "apply", "-f", "-", input=credential)
+        print(apply_examples(env, testenv, testenv.node["pod_token_url"]))
         created = time.monotonic()
         while (first := secret(env)) is None:
             time.sleep(0.3)
@@ -336,7 +325,7 @@ def node_demo(interactive: bool) -> int:
         say("Poke at it")
         print(f"  export KUBECONFIG={testenv.kubeconfig} PATH={paths['kubectl'].parent}:$PATH")
         print(f"  kubectl -n {NAMESPACE} logs -f itcare-client")
-        print("  kubectl -n itcare-system logs deploy/itcare-token-operator-itcare-token-operator")
+        print("  kubectl -n itcare-system logs deploy/itcare-token-operator")
         if interactive:
             say("Running; press Ctrl-C to stop and clean up")
             while True:

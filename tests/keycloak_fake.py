@@ -48,6 +48,7 @@ class Fault:
     reset: bool = False  # close the connection without answering
     times: int | None = None
     client_id: str | None = None  # only requests of this client (None: all)
+    echo: bool = False  # an error whose description echoes the request's credentials
     hits: int = 0  # how many requests it answered
 
 
@@ -332,7 +333,8 @@ class FakeKeycloak:
                         self.connection.close()
                         return
                     server._record(arrived, grant, client_id, fault.status)
-                    self._send(fault.status, fault.body, fault.headers, trickle=fault.trickle)
+                    body_out = _echo(headers, body) if fault.echo else fault.body
+                    self._send(fault.status, body_out, fault.headers, trickle=fault.trickle)
                     return
                 status, doc = server.answer(self.path, headers, body)
                 server._record(arrived, grant, client_id, status, form.get("scope", [""])[0])
@@ -366,6 +368,24 @@ class FakeKeycloak:
                     self.close_connection = True
 
         return Handler
+
+
+def _echo(headers: dict[str, str], body: bytes) -> bytes:
+    """A careless endpoint's error: the request's credentials in several encodings."""
+    auth = headers.get("authorization", "")
+    try:
+        pair = base64.b64decode(auth.removeprefix("Basic ")).decode()
+    except ValueError:
+        pair = ""
+    client_id, _, secret = (urllib.parse.unquote_plus(p) for p in pair.partition(":"))
+    description = (
+        f"rejected {auth} for {urllib.parse.quote(client_id, safe='')}:"
+        f"{urllib.parse.quote(secret, safe='')} body {body.decode('utf-8', 'replace')} "
+        f"client_id={urllib.parse.quote_plus(client_id)}&"
+        f"client_secret={urllib.parse.quote_plus(secret)} "
+        f"raw {base64.b64encode(f'{client_id}:{secret}'.encode()).decode()}"
+    )
+    return json.dumps({"error": "invalid_client", "error_description": description}).encode()
 
 
 def _error(status: int, error: str, description: str) -> tuple[int, dict[str, object]]:

@@ -77,6 +77,22 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def is_aggregated(role: dict[str, Any]) -> bool:
+    """A ClusterRole for the cluster's users (aggregated into view/edit/admin)."""
+    labels = role["metadata"].get("labels") or {}
+    return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels)
+
+
+def grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
 @pytest.mark.parametrize("plural", [PLURAL, "clusteritcarecredentials"])
 def test_chart_crd_is_the_top_level_crd(plural: str) -> None:
     top = (ROOT / "crds" / f"{plural}.{GROUP}.yaml").read_text()
@@ -111,6 +127,9 @@ def test_lint_strict(helm: Helm, values: Path) -> None:
         "image: {digest: latest}",
         "tokenEndpointCA: {pem: not-a-certificate}",
         "operator: {volumeDeliverySeconds: 0}",
+        "operator: {allowedTokenURLs: ['https://accounts.cegedim.cloud@evil.example/']}",
+        "operator: {allowedTokenURLs: ['https://accounts.cegedim.cloud/realms?x=1']}",
+        "rbac: {aggregateClusterRole: true}",
     ],
 )
 def test_bad_values_are_rejected(helm: Helm, tmp_path: Path, bad: str) -> None:
@@ -127,6 +146,8 @@ def test_default_render(helm: Helm) -> None:
             "CustomResourceDefinition",
             "ServiceAccount",
             "ClusterRole",
+            "ClusterRole",  # aggregated to view
+            "ClusterRole",  # aggregated to edit
             "ClusterRoleBinding",
             "Role",
             "RoleBinding",
@@ -163,7 +184,9 @@ def test_default_render(helm: Helm) -> None:
 
 def test_namespaced_render_has_nothing_cluster_wide_but_the_crd(helm: Helm) -> None:
     docs = render(helm, "-f", str(CHART / "ci" / "namespaced-values.yaml"))
-    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+    assert not of_kind(docs, "ClusterRoleBinding")
+    # The only ClusterRoles are the users' aggregated ones, bound to nobody by the chart.
+    assert all(is_aggregated(r) for r in of_kind(docs, "ClusterRole"))
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in of_kind(docs, "Role")}
     assert {
         ("team-a", "itop-itcare-token-operator"),
@@ -180,6 +203,8 @@ def test_monitoring_render(helm: Helm) -> None:
     (monitor,) = of_kind(docs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # Our namespace label (the credential's) must survive the scrape.
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     (rule,) = of_kind(docs, "PrometheusRule")
     alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
     assert set(alerts) == {
@@ -188,7 +213,7 @@ def test_monitoring_render(helm: Helm) -> None:
         "ITCareCredentialNotReady",
         "ITCareTokenOperatorAbsent",
     }
-    assert "< 180" in alerts["ITCareTokenExpiringSoon"]["expr"]
+    assert "itcare_token_lifetime_seconds * 0.2)" in alerts["ITCareTokenExpiringSoon"]["expr"]
     assert of_kind(docs, "PodDisruptionBudget")
     # Without force and without the API, neither renders.
     plain = render(helm, "--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true")
@@ -257,6 +282,30 @@ def test_image_digest_and_extra_volumes(helm: Helm) -> None:
     assert "--volume-delivery-seconds=25" in container["args"]
 
 
+def test_grafana_dashboard_render(helm: Helm) -> None:
+    """Opt-in; the sidecar label is configurable; the JSON is the chart's file, intact."""
+    assert not of_kind(render(helm), "ConfigMap")
+    docs = render(helm, "-f", str(CHART / "ci" / "monitoring-values.yaml"))
+    (config_map,) = of_kind(docs, "ConfigMap")
+    assert config_map["metadata"]["namespace"] == "itcare-system"
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["labels"]["team"] == "platform"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "ITCare"}
+    dashboard = json.loads(config_map["data"]["itcare-token-operator.json"])
+    assert dashboard == json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    moved = render(
+        helm,
+        "--set",
+        "grafanaDashboard.enabled=true,grafanaDashboard.namespace=monitoring",
+        "--set-json",
+        'grafanaDashboard.labels={"dashboards":"itcare","grafana_dashboard":null}',
+    )
+    (config_map,) = of_kind(moved, "ConfigMap")
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["labels"]["dashboards"] == "itcare"
+    assert "grafana_dashboard" not in config_map["metadata"]["labels"]
+
+
 def test_networkpolicy_render(helm: Helm) -> None:
     docs = render(helm, "-f", str(CHART / "ci" / "networkpolicy-values.yaml"))
     (policy,) = of_kind(docs, "NetworkPolicy")
@@ -295,7 +344,8 @@ def test_rendered_objects_pass_the_api_servers_validation(
 def test_rbac_audit(helm: Helm, values: Path) -> None:
     docs = render(helm, "-f", str(values))
     granted: set[tuple[str, str, str]] = set()
-    for role in of_kind(docs, "ClusterRole") + of_kind(docs, "Role"):
+    operator_roles = [r for r in of_kind(docs, "ClusterRole") if not is_aggregated(r)]
+    for role in operator_roles + of_kind(docs, "Role"):
         for rule in role["rules"]:
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
@@ -308,6 +358,36 @@ def test_rbac_audit(helm: Helm, values: Path) -> None:
     if yaml.safe_load(values.read_text()).get("clusterCredentials", {}).get("enabled"):
         uses = OPERATOR_USES | CLUSTER_CREDENTIALS_USE
     assert granted == uses, f"extra: {granted - uses}, missing: {uses - granted}"
+
+
+@pytest.mark.parametrize("cluster_kind", [False, True])
+def test_aggregated_user_roles(helm: Helm, cluster_kind: bool) -> None:
+    """view reads the kinds, edit/admin also write ITCareCredentials; none writes a
+    status (the operator's proof of the token it wrote), none touches Secrets, and
+    none allows creating a ClusterITCareCredential."""
+    args = ["--set", "clusterCredentials.enabled=true"] if cluster_kind else []
+    docs = render(helm, *args)
+    roles = {r["metadata"]["name"]: r for r in of_kind(docs, "ClusterRole") if is_aggregated(r)}
+    view, edit = roles["itop-itcare-token-operator-view"], roles["itop-itcare-token-operator-edit"]
+    view_labels, edit_labels = view["metadata"]["labels"], edit["metadata"]["labels"]
+    assert view_labels["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert edit_labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit_labels
+    read = {"get", "list", "watch"}
+    kinds = [PLURAL, CLUSTER_PLURAL] if cluster_kind else [PLURAL]
+    assert grants(view) == {
+        (GROUP, resource, verb)
+        for kind in kinds
+        for resource in (kind, f"{kind}/status")
+        for verb in read
+    }
+    assert grants(edit) == {
+        (GROUP, PLURAL, verb)
+        for verb in ("create", "update", "patch", "delete", "deletecollection")
+    }
+    # Off: none rendered.
+    off = render(helm, "--set", "rbac.aggregateClusterRoles=false", *args)
+    assert not [r for r in of_kind(off, "ClusterRole") if is_aggregated(r)]
 
 
 def test_cluster_credentials_render(helm: Helm) -> None:
@@ -588,3 +668,20 @@ def test_installed_chart_serves_cluster_credentials(
         helm("uninstall", release, "--namespace", system_ns, check=False)
         for ns in teams:
             core.delete_namespace(ns)
+
+
+def test_notes_warn_when_the_monitoring_api_is_absent(helm: Helm) -> None:
+    """The test cluster serves no monitoring.coreos.com: asking for a ServiceMonitor or
+    a PrometheusRule renders none, and NOTES say so instead of staying silent."""
+
+    def notes(*args: str) -> str:
+        out = helm(
+            "install", "notes", str(CHART), "--dry-run=client", "--set", "crds.enabled=false", *args
+        ).stdout
+        return out.split("NOTES:", 1)[1]
+
+    plain = notes()
+    assert "WARNING" not in plain
+    assert "Uninstalling the chart keeps the CRDs" in plain
+    warned = notes("--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true")
+    assert "no ServiceMonitor was created" in warned and "no alerts were created" in warned

@@ -172,3 +172,130 @@ def test_from_secret_with_unreachable_api_server_is_a_usage_error(tmp_path: Path
 def test_cluster_credentials_need_cluster_wide_mode() -> None:
     proc = cli("run", "--cluster-credentials", "--namespace", "team-a")
     assert proc.returncode == 2 and "cluster-wide mode" in proc.stderr
+
+
+def two_context_kubeconfig(path: Path) -> Path:
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: a\n"
+        "clusters: [{name: a, cluster: {server: 'https://127.0.0.1:9'}},"
+        " {name: b, cluster: {server: 'https://127.0.0.1:10'}}]\n"
+        "users: [{name: u, user: {token: x}}]\n"
+        "contexts: [{name: a, context: {cluster: a, user: u}},"
+        " {name: b, context: {cluster: b, user: u}}]\n"
+    )
+    return path
+
+
+def test_token_url_without_a_host_is_a_usage_error() -> None:
+    proc = cli("token", "--token-url", "http://", env=creds_env())
+    assert proc.returncode == 2, proc.stderr
+    assert "--token-url must be an http(s) URL with a host" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--metrics-port", "abc"),
+        ("--health-port", "-1"),
+        ("--max-concurrent-requests", "many"),
+        ("--requests-per-second", "fast"),
+        ("--token-timeout", "0"),
+    ],
+)
+def test_bad_flag_value_names_the_flag_not_internals(flag: str, value: str) -> None:
+    proc = cli("run", flag, value)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"argument {flag}: '{value}' is not a" in last, last
+    assert "_port" not in proc.stderr and "_positive" not in proc.stderr
+
+
+def test_connection_refused_names_the_address() -> None:
+    proc = cli("token", "--token-url", "http://127.0.0.1:1/token", env=creds_env())
+    assert proc.returncode == 4, proc.stderr
+    assert "connection to 127.0.0.1:1 refused" in proc.stderr
+
+
+def test_tls_failure_names_the_address(keycloak_tls: FakeKeycloak) -> None:
+    url = keycloak_tls.token_url
+    proc = cli("token", "--token-url", url, env=creds_env())
+    host, port = url.split("/")[2].rsplit(":", 1)
+    assert proc.returncode == 4 and f"verification failed for {host}:{port}:" in proc.stderr
+
+
+def test_run_without_a_kubeconfig_is_one_line(tmp_path: Path) -> None:
+    env = {"KUBECONFIG": str(tmp_path / "absent"), "HOME": str(tmp_path)}
+    proc = cli("run", "--standalone", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("itcare-operator: error: no usable kubeconfig")
+
+
+def test_run_with_an_unknown_context_is_one_line(tmp_path: Path) -> None:
+    kubeconfig = two_context_kubeconfig(tmp_path / "kubeconfig")
+    proc = cli("run", "--standalone", "--kubeconfig", str(kubeconfig), "--context", "nope")
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "nope" in proc.stderr
+
+
+def test_from_secret_uses_the_kubeconfig_and_context_flags(tmp_path: Path) -> None:
+    kubeconfig = two_context_kubeconfig(tmp_path / "kubeconfig")
+    env = {"KUBECONFIG": str(tmp_path / "absent"), "HOME": str(tmp_path)}
+    args = ("token", "--from-secret", "team-a/api-account", "--kubeconfig", str(kubeconfig))
+    proc = cli(*args, "--context", "b", env=env)
+    # Context b's server (port 10) is down: the flags were used, the absent KUBECONFIG not.
+    assert proc.returncode == 2 and "cannot reach the API server" in proc.stderr, proc.stderr
+    proc = cli(*args, "--context", "nope", env=env)
+    assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_load_config_honours_kubeconfig_and_context(tmp_path: Path) -> None:
+    from itcare_operator.kube import load_config
+
+    kubeconfig = str(two_context_kubeconfig(tmp_path / "kubeconfig"))
+    assert load_config(kubeconfig).host == "https://127.0.0.1:9"
+    assert load_config(kubeconfig, "b").host == "https://127.0.0.1:10"
+
+
+def test_settings_take_kubeconfig_and_context_from_flags_or_env(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from itcare_operator.cli import build_parser, settings_from_args
+
+    args = build_parser().parse_args(["run", "--kubeconfig", "/k", "--context", "c"])
+    settings = settings_from_args(args)
+    assert (settings.kubeconfig, settings.context) == ("/k", "c")
+    monkeypatch.setenv("ITCARE_OPERATOR_KUBECONFIG", "/env")
+    monkeypatch.setenv("ITCARE_OPERATOR_CONTEXT", "e")
+    settings = settings_from_args(build_parser().parse_args(["run"]))
+    assert (settings.kubeconfig, settings.context) == ("/env", "e")
+
+
+def test_a_kubeconfig_that_is_not_yaml_is_one_line_without_its_text(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("users:\n- name: u\n  user: {token: sekrit-token-value\n")
+    for args in (("run", "--standalone"), ("token", "--from-secret", "a/b")):
+        proc = cli(*args, "--kubeconfig", str(kubeconfig))
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "not valid YAML at line" in proc.stderr and "sekrit" not in proc.stderr
+
+
+def test_a_missing_kubeconfig_file_is_named(tmp_path: Path) -> None:
+    proc = cli("run", "--kubeconfig", str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 2 and f"--kubeconfig {tmp_path / 'nope.yaml'}: no such file" in (
+        proc.stderr
+    )
+
+
+def test_kopf_logs_in_with_the_kubeconfig_and_context_flags(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from itcare_operator.handlers import login
+    from itcare_operator.settings import Settings
+
+    kubeconfig = str(two_context_kubeconfig(tmp_path / "kubeconfig"))
+    settings = Settings(kubeconfig=kubeconfig, context="b")
+    memo = SimpleNamespace(controller=SimpleNamespace(settings=settings))
+    info = login(memo=memo)
+    assert (info.server, info.scheme, info.token) == ("https://127.0.0.1:10", "Bearer", "x")

@@ -394,3 +394,42 @@ def test_drift_is_repaired_and_restart_mints_nothing(cl: Cluster) -> None:
         restarted.metric("itcare_token_next_refresh_timestamp_seconds", name=f"org-{cl.team}")
         == parse_time(before["nextRefreshTime"]).timestamp()
     )
+
+
+def test_a_forged_copy_does_not_poison_the_namespaces_after_a_restart(cl: Cluster) -> None:
+    """A tenant of one selected namespace edits its copy (token with CR/LF, expiry in
+    2099): the restarted operator does not reuse it nor copy it anywhere; it keeps the
+    token the status proves (restart safety: no request) and repairs the forged copy."""
+    a, b = cl.namespace("a"), cl.namespace("b")
+    cl.credential()
+    op = cl.run()
+    token = cl.wait_tokens([a, b])
+    before = wait_for(
+        "the status proof",
+        lambda: (
+            (cl.cr().get("status") or {})
+            if cl.cr().get("status", {}).get("tokenFingerprint")
+            else None
+        ),
+    )
+    assert op.stop() == 0
+    forged, far = "forged\r\nX-Injected: 1", "2099-01-01T00:00:00Z"
+    cl.core.patch_namespaced_secret(
+        "itcare-token",
+        b,
+        {
+            "metadata": {"annotations": {"itcare.cegedim.cloud/expires-at": far}},
+            "stringData": {
+                "access_token": forged,
+                "expires_at": far,
+                "authorization": f"Bearer {forged}",
+            },
+        },
+    )
+    cl.run()
+    assert cl.wait_tokens([a, b], timeout=30) == token, "the forged copy spread"
+    assert cl.requests() == 1  # the genuine token, proven by the status, is kept
+    after = cl.wait_condition("Synced", "True", "NamespacesSynced")["status"]
+    assert after["tokenExpiresAt"] == before["tokenExpiresAt"]
+    assert after["nextRefreshTime"] == before["nextRefreshTime"]
+    assert cl.token(b) == cl.token(a)  # expiry key and annotation repaired too

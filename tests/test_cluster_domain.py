@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from itcare_operator.controller import resumed_refresh_at
+from itcare_operator.model import resumed_refresh_at
 from itcare_operator.refresh_policy import RefreshPolicy, next_refresh_at
 from itcare_operator.selector import InvalidSelector, parse_selector
 from itcare_operator.spec import InvalidSpec, parse_cluster_spec

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from itcare_operator.controller import Controller
 from itcare_operator.kube import Conflict, NotFound
 from itcare_operator.metrics import Metrics
+from itcare_operator.namespaced import Controller
 from itcare_operator.settings import Settings
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
 
@@ -77,7 +77,13 @@ class FakeKube:
         self.status = dict(status)
 
     async def create_event(
-        self, involved: Mapping[str, Any], type_: str, reason: str, message: str
+        self,
+        involved: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+        *,
+        namespace: str | None = None,
     ) -> None:
         self.events.append((type_, reason))
 
@@ -105,11 +111,21 @@ def token_handler(counter: list[int]) -> httpx.MockTransport:
     return httpx.MockTransport(handle)
 
 
-def setup() -> tuple[Controller, FakeKube, Clock, list[int]]:
+def setup(
+    status: Mapping[str, Any] | None = None, settings: Settings | None = None
+) -> tuple[Controller, FakeKube, Clock, list[int]]:
+    """A controller after its start-up listings; ``status``: the credential's, as listed."""
     kube, clock, requests = FakeKube(), Clock(), []
     transport = token_handler(requests)
     endpoints = TokenEndpoints(lambda url, ca: TokenEndpoint(url, transport=transport, clock=clock))
-    controller = Controller(Settings(), kube, endpoints, Metrics(), clock=clock, rand=lambda: 0.0)  # type: ignore[arg-type]
+    controller = Controller(
+        settings or Settings(),
+        kube,  # type: ignore[arg-type]
+        endpoints,
+        Metrics(),
+        clock=clock,
+        rand=lambda: 0.0,
+    )
     source = {
         "metadata": {
             "name": "acct",
@@ -124,7 +140,7 @@ def setup() -> tuple[Controller, FakeKube, Clock, list[int]]:
     }
     kube.put(NS, source)
     controller.source_secret_event(None, source)  # the watch's initial listing
-    controller.credential_event(None, CREDENTIAL)
+    controller.credential_event(None, {**CREDENTIAL, "status": dict(status or {})})
     return controller, kube, clock, requests
 
 
@@ -173,7 +189,7 @@ async def test_restart_reuses_the_stored_token_without_api_reads() -> None:
     stored = kube.secrets[(NS, "itcare-token")]
     # A new operator process: CR listing, then the managed-Secret listing, then reconcile.
     assert requests == [1]
-    fresh, kube2, _, requests2 = setup()
+    fresh, kube2, _, requests2 = setup(status=kube.status)  # the status the first wrote
     kube2.secrets[(NS, "itcare-token")] = copy.deepcopy(stored)
     fresh._clock = clock  # same time as the first
     fresh.target_secret_event(None, stored)
@@ -197,7 +213,7 @@ async def test_restart_when_the_secrets_are_listed_before_the_credentials() -> N
         rand=lambda: 0.0,
     )
     fresh.target_secret_event(None, stored)  # the Secret listing comes first
-    fresh.credential_event(None, CREDENTIAL)
+    fresh.credential_event(None, {**CREDENTIAL, "status": kube.status})
     kube.calls.clear()
     await fresh.reconcile(fresh.credentials[(NS, "billing")])
     assert requests == [1]  # no new token

@@ -169,6 +169,17 @@ def test_target_secret_round_trip() -> None:
     )
 
 
+def test_retained_target_has_no_owner_reference() -> None:
+    spec = parse_spec({**SPEC, "targetSecret": {"name": "tok", "deletionPolicy": "Retain"}})
+    desired = desired_secret(spec, OWNER, TOKEN)
+    assert desired["metadata"]["ownerReferences"] == []
+    assert is_owned(desired, "uid-1") and not is_owned(desired, "uid-2")
+    deleted_with = desired_secret(parse_spec(SPEC), OWNER, TOKEN)
+    assert deleted_with["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    with pytest.raises(InvalidSpec, match="deletionPolicy"):
+        parse_spec({**SPEC, "targetSecret": {"name": "tok", "deletionPolicy": "Orphan"}})
+
+
 def test_drift_detection_and_update_keeps_foreign_metadata() -> None:
     spec = parse_spec(SPEC)
     desired = desired_secret(spec, OWNER, TOKEN)

@@ -239,6 +239,34 @@ def test_deleting_the_credential_garbage_collects_the_secret(sc: Scenario) -> No
     )
 
 
+def test_retained_target_outlives_the_credential(sc: Scenario) -> None:
+    """``deletionPolicy: Retain``: no owner reference, so deleting the credential keeps
+    the Secret with its last token (as External Secrets' ``deletionPolicy: Retain``)."""
+    sc.source()
+    sc.credential(targetSecret={"name": "itcare-token", "deletionPolicy": "Retain"})
+    sc.run()
+    token = sc.wait_token()
+    sc.wait_condition("Ready", "True", "TokenValid")
+    secret = sc.core.read_namespaced_secret("itcare-token", sc.namespace)
+    assert not secret.metadata.owner_references
+    # Still the operator's while the credential lives: an edit is repaired.
+    sc.core.patch_namespaced_secret(
+        "itcare-token", sc.namespace, {"stringData": {"access_token": "edited"}}
+    )
+    wait_for("the edit repaired", lambda: sc.token() == token)
+    sc.custom.delete_namespaced_custom_object(GROUP, VERSION, sc.namespace, PLURAL, "billing")
+    wait_for(
+        "the credential gone",
+        lambda: (
+            not sc.custom.list_namespaced_custom_object(GROUP, VERSION, sc.namespace, PLURAL)[
+                "items"
+            ]
+        ),
+    )
+    time.sleep(3)  # the garbage collector had its chance
+    assert sc.token() == token
+
+
 def test_spec_change_refreshes_now(sc: Scenario) -> None:
     sc.source()
     sc.credential()
@@ -355,7 +383,9 @@ def test_source_secret_without_the_opt_in_label(sc: Scenario) -> None:
     sc.source(labelled=False)
     sc.credential()
     sc.run()
-    sc.wait_condition("Refreshed", "False", "SourceSecretNotLabeled")
+    # Reported like an absent Secret (the operator does not read it: no existence oracle).
+    cr = sc.wait_condition("Refreshed", "False", "SourceSecretNotFound")
+    assert "lacks the label" in condition(cr, "Refreshed")["message"]
     assert sc.requests(status=None) == 0
     sc.core.patch_namespaced_secret(
         "itcare-api-account",
@@ -426,10 +456,13 @@ def test_suspend_keeps_the_secret_and_stops_refreshing(sc: Scenario) -> None:
     time.sleep(20)  # past the refresh point of a 30 s token
     assert sc.requests() == 1 and sc.token() == first
     assert op.metric("itcare_credentials", state="suspended") == 1.0
+    suspended = {"namespace": sc.namespace, "name": "billing"}
+    assert op.metric("itcare_credential_suspended", **suspended) == 1.0  # the alerts skip it
     sc.wait_condition("Ready", "False", "Suspended", timeout=15)
     sc.patch_spec({"suspend": False})
     sc.wait_token(other_than=first["access_token"], timeout=10)
     sc.wait_condition("Ready", "True", "TokenValid")
+    assert op.metric("itcare_credential_suspended", **suspended) is None
 
 
 def test_restart_reuses_the_stored_token(sc: Scenario) -> None:
@@ -459,6 +492,47 @@ def test_restart_reuses_the_stored_token(sc: Scenario) -> None:
     # the schedule resumes: a refresh still happens before expiry
     sc.wait_token(other_than=first["access_token"], timeout=20)
     assert sc.requests() == 2
+
+
+def test_restart_ignores_a_forged_target_secret(sc: Scenario) -> None:
+    """Whoever can edit the target Secret cannot make a restarted operator keep a token
+    of their choosing (and stop refreshing): the status, which they cannot write,
+    holds the proof of what the operator wrote."""
+    sc.source()
+    sc.credential()
+    op = sc.run()
+    first = sc.wait_token()
+    wait_for(
+        "the status of the first token",
+        lambda: (sc.cr().get("status") or {}).get("tokenFingerprint"),
+    )
+    assert op.stop() == 0
+    forged, far = "forged\r\nX-Injected: 1", "2099-01-01T00:00:00Z"
+    sc.core.patch_namespaced_secret(
+        "itcare-token",
+        sc.namespace,
+        {
+            "metadata": {"annotations": {"itcare.cegedim.cloud/expires-at": far}},
+            "stringData": {
+                "access_token": forged,
+                "expires_at": far,
+                "authorization": f"Bearer {forged}",
+            },
+        },
+    )
+    sc.run()
+    fresh = sc.wait_token(other_than=forged, timeout=20)
+    assert fresh["access_token"] in sc.kc.issued and fresh != first
+    assert sc.requests() == 2, "the forged token was reused instead of a new one obtained"
+    status = wait_for(
+        "the status of the new token",
+        lambda: (
+            (sc.cr().get("status") or {})
+            if (sc.cr().get("status") or {}).get("tokenExpiresAt") == fresh["expires_at"]
+            else None
+        ),
+    )
+    assert parse_time(status["nextRefreshTime"]) < dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
 
 
 def test_token_url_outside_the_allowlist_sends_nothing(sc: Scenario) -> None:
@@ -543,6 +617,14 @@ def test_metrics_and_health(sc: Scenario) -> None:
     )
     text = op.metrics()
     assert 'itcare_token_refresh_total{grant="ClientCredentials",name="billing"' in text
+    lifetime = op.metric("itcare_token_lifetime_seconds", namespace=sc.namespace, name="billing")
+    received = sc.wait_condition("Ready", "True", "TokenValid")["status"]["lastRefreshTime"]
+    assert lifetime == pytest.approx(expiry - parse_time(received).timestamp(), abs=2)
+    for gauge in ("itcare_credential_suspended", "itcare_credential_consecutive_failures"):
+        assert op.metric(gauge, namespace=sc.namespace, name="billing") is None, gauge
+    assert (op.metric("process_resident_memory_bytes") or 0) > 10 * 2**20
+    assert (op.metric("process_open_fds") or 0) > 0
+    assert "_created" not in text
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/healthz", timeout=2) as resp:
@@ -554,12 +636,26 @@ def test_log_format_json_is_one_object_per_line(sc: Scenario) -> None:
 
     sc.source()
     sc.credential()
+    sc.source(
+        name="wrong-account",
+        data={"client-id": sc.client()["client_id"], "client-secret": "not-the-secret"},
+    )
+    sc.credential(name="rejected", source="wrong-account", target="rejected-token")
     op = sc.run()
     sc.wait_token()
+    sc.wait_condition("Refreshed", "False", "UnauthorizedClient", name="rejected")
     lines = [line for line in op.output().splitlines() if line.strip()]
     docs = [json.loads(line) for line in lines]
     assert any("token refreshed" in d["message"] for d in docs)
     assert all({"time", "level", "logger", "message"} <= set(d) for d in docs)
+    # Lines about a credential name it, and what happened, as fields.
+    about = {
+        (d.get("name"), d.get("event")): d for d in docs if d.get("kind") == "ITCareCredential"
+    }
+    refreshed = about[("billing", "TokenRefreshed")]
+    assert refreshed["namespace"] == sc.namespace and refreshed["level"] == "info"
+    failed = about[("rejected", "RefreshFailed")]
+    assert failed["namespace"] == sc.namespace and failed["reason"] == "UnauthorizedClient"
 
 
 def test_kubectl_columns(sc: Scenario, kubectl: Callable[..., Any]) -> None:

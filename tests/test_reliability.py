@@ -17,13 +17,15 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import kubernetes
 import pytest
@@ -175,19 +177,42 @@ def force(custom: kubernetes.client.CustomObjectsApi, ns: str, name: str, value:
     )
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def encoded(needles: list[str], pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """Each secret as an endpoint's error text or a log could carry it: raw, Base64,
+    URL-encoded (either hex case), form-encoded; and each API account as the Base64
+    ``id:secret`` of a Basic header (raw and form-encoded, as sent)."""
+    forms: list[str] = []
+    for needle in needles:
+        url = quote(needle, safe="")
+        lower = re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), url)
+        forms += [needle, _b64(needle), url, lower, quote_plus(needle)]
+    for client_id, secret in pairs:
+        forms += [
+            _b64(f"{client_id}:{secret}"),
+            _b64(f"{quote_plus(client_id)}:{quote_plus(secret)}"),
+        ]
+    return list(dict.fromkeys(forms))
+
+
 def scan(
     op: OperatorProcess,
     core: kubernetes.client.CoreV1Api,
     custom: kubernetes.client.CustomObjectsApi,
     ns: str,
     needles: list[str],
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> None:
+    """No secret, token or client id in logs, events, status or metrics, in any encoding."""
     haystacks = [op.output(), *(dump(e.to_dict()) for e in events(core, ns))]
     items = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
     haystacks += [dump(i.get("status")) for i in items]
     if op.proc and op.proc.poll() is None:
         haystacks.append(op.metrics())
-    assert_no_leaks(haystacks, needles)
+    assert_no_leaks(haystacks, encoded(needles, pairs))
 
 
 FAULTS: list[tuple[str, Fault, str, float]] = [
@@ -238,7 +263,15 @@ FAULTS: list[tuple[str, Fault, str, float]] = [
         0.9,
     ),
     ("oversized", Fault(200, body=b'{"x":"' + b"y" * 70000 + b'"}'), "InvalidTokenResponse", 0.9),
+    # An endpoint that echoes the Authorization header and the body in its error text.
+    ("echo", Fault(503, echo=True), "TokenEndpointUnavailable", 0.9),
 ]
+
+
+def secret_of(name: str) -> str:
+    """The client secret of a fault's API account; characters that URL-, form- and
+    Base64-encoding all change, so the leak scan's encodings differ from the raw form."""
+    return f"s-{name}-s3cr&t/+= %x"
 
 
 def start_operator(
@@ -266,8 +299,8 @@ def test_fault_matrix(
     ns = namespace
     with FakeKeycloak(access_lifespan=120) as kc:
         for name, *_ in FAULTS:
-            kc.add_client(f"c-{name}", f"s-{name}-secret")
-            source_for(core, ns, f"src-{name}", f"c-{name}", f"s-{name}-secret")
+            kc.add_client(f"c-{name}", secret_of(name))
+            source_for(core, ns, f"src-{name}", f"c-{name}", secret_of(name))
             make_credential(
                 custom,
                 ns,
@@ -334,10 +367,10 @@ def test_fault_matrix(
         assert not watcher.garbage
         needles = (
             [t for t in kc.issued]
-            + [f"s-{n}-secret" for n, *_ in FAULTS]
+            + [secret_of(n) for n, *_ in FAULTS]
             + [f"c-{n}" for n, *_ in FAULTS]
         )
-        scan(op, core, custom, ns, needles)
+        scan(op, core, custom, ns, needles, [(f"c-{n}", secret_of(n)) for n, *_ in FAULTS])
 
 
 def test_tls_failure_with_the_wrong_ca(

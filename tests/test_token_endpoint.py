@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -416,3 +417,55 @@ async def test_no_secret_in_logs(keycloak: FakeKeycloak, caplog: pytest.LogCaptu
         assert secret not in text
     assert json.dumps(keycloak.issued)  # tokens were issued, so the scan meant something
     assert len(keycloak.issued) >= 4
+
+
+def _failing_transport(error: BaseException) -> httpx.MockTransport:
+    """A transport whose connection fails as httpcore reports it: ConnectError from the
+    OSError (no name resolution on this machine's network is needed to test DNS)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connect failed", request=request) from error
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "token endpoint unreachable: DNS lookup of accounts.example.test failed",
+        ),
+        (
+            ConnectionRefusedError(111, "Connection refused"),
+            "token endpoint unreachable: connection to accounts.example.test:8443 refused",
+        ),
+        (OSError(113, "No route to host"), "connection to accounts.example.test:8443 failed"),
+    ],
+    ids=["dns", "refused", "other"],
+)
+async def test_connection_failures_say_which_and_where(error: BaseException, expected: str) -> None:
+    url = "https://user:pw@accounts.example.test:8443/realms/cloud/token?k=v"
+    endpoint = TokenEndpoint(url, transport=_failing_transport(error))
+    with pytest.raises(EndpointUnavailable) as caught:
+        await endpoint.client_credentials(CREDS)
+    await endpoint.aclose()
+    assert expected in str(caught.value)
+    for leak in ("user", "pw", "/realms", "k=v", CREDS.client_id, CREDS.client_secret):
+        assert leak not in str(caught.value)
+
+
+async def test_connection_refused_names_the_address() -> None:
+    endpoint = TokenEndpoint("http://127.0.0.1:1/auth/realms/cloud/protocol/openid-connect/token")
+    with pytest.raises(EndpointUnavailable, match=r"connection to 127\.0\.0\.1:1 refused"):
+        await endpoint.client_credentials(CREDS)
+    await endpoint.aclose()
+
+
+async def test_tls_failure_names_the_address(keycloak_tls: FakeKeycloak) -> None:
+    endpoint = TokenEndpoint(keycloak_tls.token_url)
+    url = httpx.URL(keycloak_tls.token_url)
+    where = rf"verification failed for {url.host}:{url.port}:"
+    with pytest.raises(EndpointUnavailable, match=where):
+        await endpoint.client_credentials(CREDS)
+    await endpoint.aclose()

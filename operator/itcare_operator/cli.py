@@ -8,8 +8,10 @@ import datetime as dt
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from itcare_operator._version import __version__
 from itcare_operator.errors import (
@@ -23,8 +25,16 @@ from itcare_operator.errors import (
 from itcare_operator.settings import DEFAULT_ALLOWED_TOKEN_URL, Settings
 from itcare_operator.token import ClientCredentials, Token, fingerprint, format_time
 from itcare_operator.token_endpoint import DEFAULT_TOKEN_URL, TokenEndpoint, utcnow
+from itcare_operator.token_url import InvalidTokenURL, is_loopback_http, parse_prefix
 
-__all__ = ["main"]
+__all__ = [
+    "UsageError",
+    "add_cluster_flags",
+    "add_token_arguments",
+    "cmd_token",
+    "load_cluster_config",
+    "main",
+]
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED, EXIT_UNAVAILABLE, EXIT_INVALID = 0, 2, 3, 4, 5
 ENV_PREFIX = "ITCARE_OPERATOR_"
@@ -54,18 +64,91 @@ def _env_list(name: str) -> list[str] | None:
     return [item for item in value.replace(",", " ").split() if item]
 
 
+# argparse names the converter function in its own "invalid <name> value" message;
+# raising ArgumentTypeError gives the user our text after the flag's name instead.
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("must be a port number (0 disables)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0..65535, 0 disables)")
     return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    """``--kubeconfig``/``--context``, as kubectl spells them, on every command that
+    talks to a cluster."""
+    parser.add_argument(
+        "--kubeconfig",
+        default=None,
+        metavar="FILE",
+        help="kubeconfig file (default: in-cluster, else KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument("--context", default=None, metavar="NAME", help="kubeconfig context to use")
+
+
+def check_token_url(url: str) -> None:
+    """A usage error, before any request, for a URL that cannot name an endpoint."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise UsageError("--token-url must be an http(s) URL with a host")
+
+
+TOKEN_DESCRIPTION = (
+    "Obtain one token and report its expiry and fingerprint. Credentials come from "
+    "ITCARE_CLIENT_ID/ITCARE_CLIENT_SECRET, from files, or from a Kubernetes Secret. "
+    "Exit codes: 0 ok, 2 usage, 3 credentials rejected, 4 endpoint unavailable, "
+    "5 invalid response."
+)
+
+
+def add_token_arguments(token: argparse.ArgumentParser) -> None:
+    """The flags of ``itcare-operator token``, shared with ``kubectl itcare check``."""
+    token.add_argument("--token-url", default=DEFAULT_TOKEN_URL, metavar="URL")
+    token.add_argument("--client-id-file", metavar="FILE")
+    token.add_argument("--client-secret-file", metavar="FILE")
+    token.add_argument(
+        "--from-secret",
+        metavar="NAMESPACE/NAME",
+        help="read the API account from this Secret through the kubeconfig",
+    )
+    token.add_argument("--client-id-key", default="client-id", help="key in --from-secret")
+    token.add_argument("--client-secret-key", default="client-secret", help="key in --from-secret")
+    token.add_argument("--scope", default="", help="space-separated scopes")
+    token.add_argument(
+        "--ca-bundle",
+        metavar="FILE",
+        help="PEM CA bundle trusted in addition to the default CAs",
+    )
+    token.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow a plain http --token-url to a non-loopback host (sends the secret in clear)",
+    )
+    token.add_argument("--output", choices=("text", "json"), default="text")
+    token.add_argument("--print-token", action="store_true", help="also print the access token")
+    add_cluster_flags(token)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,14 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--requests-per-second",
-        type=float,
+        type=_positive_float,
         default=None,
         metavar="R",
         help="token requests started per second per token endpoint (20)",
     )
     run.add_argument(
         "--token-timeout",
-        type=float,
+        type=_positive_float,
         default=None,
         metavar="SECONDS",
         help="total time one token request may take (20)",
@@ -129,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ca-bundle",
         default=None,
         metavar="FILE",
-        help="PEM CA bundle to verify token endpoints with",
+        help="PEM CA bundle trusted for token endpoints in addition to the default CAs",
     )
     run.add_argument(
         "--volume-delivery-seconds",
@@ -137,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="longest time the kubelets take to update a Secret volume; the refresh "
-        "margin never goes below it (120; measured with the default syncFrequency 1m)",
+        "margin never goes below it (120; 1.5 x the kubelet's syncFrequency, 1m, measured "
+        "up to 83 s, plus a margin)",
     )
     run.add_argument("--log-format", choices=("text", "json"), default=None)
     run.add_argument(
@@ -165,31 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace a ClusterITCareCredential may read its API account from "
         "(repeatable; default: the operator's own namespace, POD_NAMESPACE)",
     )
+    add_cluster_flags(run)
 
     token = sub.add_parser(
         "token",
         help="obtain one token to check an API account",
-        description=(
-            "Obtain one token and report its expiry and fingerprint. Credentials come from "
-            "ITCARE_CLIENT_ID/ITCARE_CLIENT_SECRET, from files, or from a Kubernetes Secret. "
-            "Exit codes: 0 ok, 2 usage, 3 credentials rejected, 4 endpoint unavailable, "
-            "5 invalid response."
-        ),
+        description=TOKEN_DESCRIPTION,
     )
-    token.add_argument("--token-url", default=DEFAULT_TOKEN_URL, metavar="URL")
-    token.add_argument("--client-id-file", metavar="FILE")
-    token.add_argument("--client-secret-file", metavar="FILE")
-    token.add_argument(
-        "--from-secret",
-        metavar="NAMESPACE/NAME",
-        help="read the API account from this Secret through the kubeconfig",
-    )
-    token.add_argument("--client-id-key", default="client-id", help="key in --from-secret")
-    token.add_argument("--client-secret-key", default="client-secret", help="key in --from-secret")
-    token.add_argument("--scope", default="", help="space-separated scopes")
-    token.add_argument("--ca-bundle", metavar="FILE", help="PEM CA bundle for the token endpoint")
-    token.add_argument("--output", choices=("text", "json"), default="text")
-    token.add_argument("--print-token", action="store_true", help="also print the access token")
+    add_token_arguments(token)
 
     sub.add_parser("version", help="print the version")
     return parser
@@ -253,12 +320,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             )
         ),
         operator_namespace=os.environ.get("POD_NAMESPACE") or defaults.operator_namespace,
+        kubeconfig=args.kubeconfig or _env("kubeconfig"),
+        context=args.context or _env("context"),
     )
     if settings.cluster_credentials and settings.namespaces:
         raise UsageError("--cluster-credentials needs cluster-wide mode (no --namespace)")
     for url in settings.allowed_token_urls:
-        if not url.startswith(("https://", "http://")):
-            raise UsageError(f"--allowed-token-url must be an http(s) URL prefix, got {url!r}")
+        try:
+            parse_prefix(url)
+        except InvalidTokenURL as exc:
+            raise UsageError(f"--allowed-token-url: {exc}") from None
     if (
         settings.max_concurrent_requests < 1
         or settings.requests_per_second <= 0
@@ -288,20 +359,24 @@ def credentials_from_args(args: argparse.Namespace) -> ClientCredentials:
         if not namespace or not name:
             raise UsageError("--from-secret takes NAMESPACE/NAME")
         import kubernetes
+        import yaml
 
         from itcare_operator.kube import read_credentials_sync
 
+        load_cluster_config(args.kubeconfig, args.context)  # usage errors before any call
         try:
             return read_credentials_sync(
-                namespace, name, args.client_id_key, args.client_secret_key
+                namespace,
+                name,
+                args.client_id_key,
+                args.client_secret_key,
+                kubeconfig=args.kubeconfig,
+                context=args.context,
             )
         except CredentialError as exc:
             raise UsageError(f"--from-secret {namespace}/{name}: {exc}") from None
-        except (kubernetes.config.ConfigException, OSError) as exc:
-            raise UsageError(
-                f"--from-secret: no usable kubeconfig ({type(exc).__name__}); "
-                "set KUBECONFIG or run in a cluster"
-            ) from None
+        except (kubernetes.config.ConfigException, yaml.YAMLError, OSError) as exc:
+            raise UsageError(f"--from-secret: {kubeconfig_problem(exc)}") from None
     if bool(args.client_id_file) != bool(args.client_secret_file):
         raise UsageError("--client-id-file and --client-secret-file go together")
     if args.client_id_file:
@@ -357,8 +432,16 @@ async def _obtain(args: argparse.Namespace, credentials: ClientCredentials) -> T
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    if not args.token_url.startswith(("https://", "http://")):
-        raise UsageError("--token-url must be an http(s) URL")
+    check_token_url(args.token_url)
+    if (
+        args.token_url.startswith("http://")
+        and not is_loopback_http(args.token_url)
+        and not args.insecure_http
+    ):
+        raise UsageError(
+            "--token-url is plain http to a non-loopback host: the client secret would "
+            "cross the network in clear text (use https, or --insecure-http to insist)"
+        )
     if args.ca_bundle and not Path(args.ca_bundle).is_file():
         raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
     credentials = credentials_from_args(args)
@@ -377,6 +460,41 @@ def cmd_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def kubeconfig_problem(exc: Exception) -> str:
+    """One line for an unusable kubeconfig. The loader's messages name keys, files and
+    contexts; a YAML error would quote the file's text, which may hold a token, so only
+    its line number is kept."""
+    import yaml
+
+    if isinstance(exc, yaml.YAMLError):
+        mark = getattr(exc, "problem_mark", None)
+        detail = f"not valid YAML{f' at line {mark.line + 1}' if mark else ''}"
+    else:
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return f"no usable kubeconfig ({detail}); set KUBECONFIG, --kubeconfig or run in a cluster"
+
+
+def load_cluster_config(kubeconfig: str | None, context: str | None) -> Any:
+    """The cluster configuration, or a one-line :class:`UsageError`."""
+    import kubernetes
+    import yaml
+
+    from itcare_operator.kube import load_config
+
+    if kubeconfig and not Path(kubeconfig).is_file():
+        raise UsageError(f"--kubeconfig {kubeconfig}: no such file")
+    try:
+        return load_config(kubeconfig, context)
+    except (kubernetes.config.ConfigException, yaml.YAMLError, OSError, ValueError) as exc:
+        raise UsageError(kubeconfig_problem(exc)) from None
+
+
+def check_kubeconfig(settings: Settings) -> None:
+    """Load the cluster configuration once before starting, so that a missing kubeconfig
+    or context is a usage error instead of a traceback from inside the operator."""
+    load_cluster_config(settings.kubeconfig, settings.context)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on bad usage
@@ -387,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             return cmd_token(args)
         settings = settings_from_args(args)
+        check_kubeconfig(settings)
     except UsageError as exc:
         print(f"itcare-operator: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

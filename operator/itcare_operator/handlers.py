@@ -13,7 +13,8 @@ from typing import Any
 
 import kopf
 
-from itcare_operator.controller import Controller
+from itcare_operator.kube import load_config
+from itcare_operator.namespaced import Controller
 
 __all__: list[str] = []
 
@@ -34,3 +35,25 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await memo.stop_background()
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """Log kopf in with the cluster configuration of our own client (``--kubeconfig``,
+    ``--context``); kopf's default login knows neither flag."""
+    settings = memo.controller.settings
+    config = load_config(settings.kubeconfig, settings.context)
+    bearer = config.auth_settings().get("BearerToken")
+    header = str(bearer.get("value") or "") if bearer else ""
+    scheme, _sep, token = header.rpartition(" ")  # "Bearer <token>"
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        username=config.username or None,
+        password=config.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )

@@ -37,6 +37,7 @@ __all__ = [
     "PLURAL",
     "VERSION",
     "Conflict",
+    "Invalid",
     "KubeClient",
     "KubeError",
     "NotFound",
@@ -79,9 +80,21 @@ class Conflict(KubeError):
     """409: resourceVersion conflict or AlreadyExists."""
 
 
-def load_config() -> kubernetes.client.Configuration:
-    """In-cluster configuration, else ``KUBECONFIG`` / ``~/.kube/config``."""
+class Invalid(KubeError):
+    """422: the object breaks a validation rule; resending it cannot succeed."""
+
+
+def load_config(
+    kubeconfig: str | None = None, context: str | None = None
+) -> kubernetes.client.Configuration:
+    """In-cluster configuration, else ``KUBECONFIG`` / ``~/.kube/config``; an explicit
+    kubeconfig file or context (the CLI flags) wins over in-cluster configuration."""
     config = kubernetes.client.Configuration()
+    if kubeconfig or context:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=config
+        )
+        return config
     try:
         kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
@@ -115,6 +128,8 @@ def _error(status: int, reason: str, body: bytes, what: str) -> KubeError:
         return NotFound(message, status)
     if status == 409:
         return Conflict(message, status)
+    if status == 422:
+        return Invalid(message, status)
     return KubeError(message, status)
 
 
@@ -627,10 +642,16 @@ def _batches(resp: Any) -> Iterator[list[dict[str, Any]]]:
 
 
 def read_credentials_sync(
-    namespace: str, name: str, client_id_key: str, client_secret_key: str
+    namespace: str,
+    name: str,
+    client_id_key: str,
+    client_secret_key: str,
+    *,
+    kubeconfig: str | None = None,
+    context: str | None = None,
 ) -> ClientCredentials:
     """For ``itcare-operator token --from-secret``: read an API account Secret now."""
-    client = kubernetes.client.ApiClient(load_config())
+    client = kubernetes.client.ApiClient(load_config(kubeconfig, context))
     try:
         core = kubernetes.client.CoreV1Api(client)
         try:

@@ -17,8 +17,7 @@ from kopf._core.engines.peering import Identity  # not re-exported; kopf.operato
 
 from itcare_operator import handlers  # noqa: F401 - registers the kopf handlers
 from itcare_operator._version import __version__
-from itcare_operator.cluster import ClusterController
-from itcare_operator.controller import Controller
+from itcare_operator.fanout import ClusterController
 from itcare_operator.health import HttpServers
 from itcare_operator.kube import (
     KubeClient,
@@ -26,11 +25,13 @@ from itcare_operator.kube import (
     Watch,
     cluster_credential_watch,
     credential_watch,
+    load_config,
     namespace_watch,
 )
 from itcare_operator.leader import LeaseElector, LostLeadership
 from itcare_operator.logs import configure_logging
 from itcare_operator.metrics import Metrics
+from itcare_operator.namespaced import Controller
 from itcare_operator.settings import Settings
 from itcare_operator.source_secret import SOURCE_LABEL
 from itcare_operator.target_secret import CLUSTER_CREDENTIAL_LABEL, MANAGED_BY, MANAGED_BY_LABEL
@@ -130,7 +131,9 @@ class Runtime:
             self.watches.append(namespace_watch(self.kube, self.cluster.namespace_event))
             self.watches.append(
                 cluster_credential_watch(
-                    self.kube, self.cluster.credential_event, self.cluster.credentials_listed
+                    self.kube,
+                    self.cluster.credential_event,
+                    functools.partial(self.cluster.credentials_listed, None),
                 )
             )
         for watch in self.watches:
@@ -191,7 +194,7 @@ class _Memo(kopf.Memo):
 
 
 async def _operate(settings: Settings) -> int:
-    kube = KubeClient(threads=16)
+    kube = KubeClient(load_config(settings.kubeconfig, settings.context), threads=16)
     runtime = Runtime(settings, kube)
     elector: LeaseElector | None = None
     identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
@@ -200,9 +203,7 @@ async def _operate(settings: Settings) -> int:
             os.environ.get("POD_NAMESPACE")
             or (settings.namespaces or (settings.operator_namespace,))[0]
         )
-        elector = runtime.elector = LeaseElector(
-            kube, namespace, settings.peering_name, identity
-        )
+        elector = runtime.elector = LeaseElector(kube, namespace, settings.peering_name, identity)
     # Probes are served from the start: a standby waiting for the Lease is live.
     await runtime.serve_http()
     if elector is not None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 
 from itcare_operator.refresh_policy import DEFAULT_VOLUME_DELIVERY
+from itcare_operator.token_url import InvalidTokenURL, URLPrefix, parse_prefix, url_allowed
 
 __all__ = ["DEFAULT_ALLOWED_TOKEN_URL", "Settings"]
 
@@ -24,7 +26,9 @@ class Settings:
     """Port of ``/healthz`` and ``/readyz``; 0 disables it."""
 
     allowed_token_urls: tuple[str, ...] = (DEFAULT_ALLOWED_TOKEN_URL,)
-    """URL prefixes a credential's ``tokenURL`` must start with (``TokenURLNotAllowed``)."""
+    """URL prefixes a credential's ``tokenURL`` must lie under (``TokenURLNotAllowed``):
+    same scheme, host and port, path under the prefix's path after dot-segment removal
+    (see :mod:`token_url`)."""
 
     require_source_label: bool = True
     """Read only source Secrets labelled ``itcare.cegedim.cloud/api-account: "true"``."""
@@ -39,7 +43,8 @@ class Settings:
     """Seconds one token request may take in all (connect 5 s, read half of this)."""
 
     ca_bundle: str | None = None
-    """Extra CA bundle (PEM file) to verify token endpoints with; default: system CAs."""
+    """A PEM CA bundle trusted for token endpoints in addition to the default trust
+    (the Mozilla CA set shipped by certifi, which httpx uses)."""
 
     log_format: str = "text"
     """``text`` or ``json``."""
@@ -67,9 +72,27 @@ class Settings:
     operator_namespace: str = "default"
     """The operator's own namespace (``POD_NAMESPACE``): Lease, cluster-scoped events."""
 
+    kubeconfig: str | None = None
+    """kubeconfig file; default: in-cluster, else ``KUBECONFIG`` or ``~/.kube/config``."""
+
+    context: str | None = None
+    """kubeconfig context; default: the file's current context."""
+
     @property
     def source_namespaces(self) -> tuple[str, ...]:
         return self.allowed_source_namespaces or (self.operator_namespace,)
 
+    @functools.cached_property
+    def token_url_prefixes(self) -> tuple[URLPrefix, ...]:
+        """The allowed prefixes, normalised; an invalid one allows nothing (the command
+        line refuses it before this is built)."""
+        prefixes = []
+        for text in self.allowed_token_urls:
+            try:
+                prefixes.append(parse_prefix(text))
+            except InvalidTokenURL:
+                continue
+        return tuple(prefixes)
+
     def token_url_allowed(self, url: str) -> bool:
-        return any(url.startswith(prefix) for prefix in self.allowed_token_urls)
+        return url_allowed(url, self.token_url_prefixes)

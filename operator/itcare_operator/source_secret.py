@@ -29,6 +29,12 @@ def credentials_from_secret(
     require_label: bool,
 ) -> ClientCredentials:
     """``secret`` is the Secret as a dict (API JSON), or ``None`` when it does not exist."""
+    if secret is None and require_label:
+        raise SourceSecretError(
+            f'Secret {name} not found among Secrets labelled {SOURCE_LABEL}="true" '
+            "(it is absent, or lacks the label that allows the operator to read it)",
+            reason=Reason.SOURCE_SECRET_NOT_FOUND,
+        )
     if secret is None:
         raise SourceSecretError(f"Secret {name} not found", reason=Reason.SOURCE_SECRET_NOT_FOUND)
     labels = (secret.get("metadata") or {}).get("labels") or {}

@@ -16,7 +16,7 @@ from typing import Any
 from itcare_operator.errors import CredentialError, Reason
 from itcare_operator.refresh_policy import DEFAULT_VOLUME_DELIVERY, RefreshPolicy
 from itcare_operator.selector import InvalidSelector, LabelSelector, parse_selector
-from itcare_operator.token_endpoint import DEFAULT_TOKEN_URL, Grant
+from itcare_operator.token import DEFAULT_TOKEN_URL, Grant
 
 __all__ = [
     "ClusterCredentialSpec",
@@ -29,6 +29,10 @@ __all__ = [
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+# Kubernetes qualified names (label and annotation keys) and label values.
+QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+MAX_ANNOTATIONS_BYTES = 256 * 1024
 LOCAL_HTTP = re.compile(r"^http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?(/.*)?$")
 
 
@@ -56,6 +60,8 @@ class CredentialSpec:
     grant: Grant = Grant.CLIENT_CREDENTIALS
     refresh_before: dt.timedelta | None = None
     target_name: str = ""
+    retain: bool = False
+    """``targetSecret.deletionPolicy: Retain``: the target Secret outlives the credential."""
     target_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     target_annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
     keys: SecretKeys = SecretKeys()
@@ -94,6 +100,35 @@ def _string_map(value: Any, where: str) -> dict[str, str]:
     return dict(doc)
 
 
+def _qualified_key(key: str) -> bool:
+    """``[prefix/]name`` as the API server checks label and annotation keys."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)):
+        return False
+    return 0 < len(name) <= 63 and bool(QUALIFIED_NAME.match(name))
+
+
+def _labels(value: Any, where: str) -> dict[str, str]:
+    labels = _string_map(value, where)
+    for key, text in labels.items():
+        if not _qualified_key(key):
+            raise InvalidSpec(f"{where}: {key[:80]!r} is not a valid label key")
+        if len(text) > 63 or not LABEL_VALUE.match(text):
+            raise InvalidSpec(f"{where}: the value of {key!r} is not a valid label value")
+    return labels
+
+
+def _annotations(value: Any, where: str) -> dict[str, str]:
+    annotations = _string_map(value, where)
+    for key in annotations:
+        if not _qualified_key(key):
+            raise InvalidSpec(f"{where}: {key[:80]!r} is not a valid annotation key")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+    if size > MAX_ANNOTATIONS_BYTES - 4096:  # room for the operator's own annotations
+        raise InvalidSpec(f"{where} are larger than the API server allows")
+    return annotations
+
+
 def _name(doc: Mapping[str, Any], where: str) -> str:
     name = _string(doc, "name", where)
     if not name or len(name) > 253 or not DNS_SUBDOMAIN.match(name):
@@ -106,6 +141,13 @@ def _key(doc: Mapping[str, Any], key: str, where: str, default: str) -> str:
     if not value or len(value) > 253 or not SECRET_KEY.match(value):
         raise InvalidSpec(f"{where}.{key} must be a valid Secret key")
     return value
+
+
+def _deletion_policy(target: Mapping[str, Any]) -> str:
+    policy = target.get("deletionPolicy", "Delete")
+    if policy not in ("Delete", "Retain"):
+        raise InvalidSpec("spec.targetSecret.deletionPolicy must be Delete or Retain")
+    return str(policy)
 
 
 def parse_spec(spec: Mapping[str, Any] | None) -> CredentialSpec:
@@ -165,8 +207,9 @@ def parse_spec(spec: Mapping[str, Any] | None) -> CredentialSpec:
         grant=grant,
         refresh_before=None if before is None else dt.timedelta(seconds=before),
         target_name=target_name,
-        target_labels=_string_map(target.get("labels"), "spec.targetSecret.labels"),
-        target_annotations=_string_map(target.get("annotations"), "spec.targetSecret.annotations"),
+        retain=_deletion_policy(target) == "Retain",
+        target_labels=_labels(target.get("labels"), "spec.targetSecret.labels"),
+        target_annotations=_annotations(target.get("annotations"), "spec.targetSecret.annotations"),
         keys=keys,
         suspend=suspend,
     )

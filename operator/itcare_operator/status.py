@@ -49,6 +49,7 @@ class Observation:
     next_refresh: dt.datetime | None
     last_failure: dt.datetime | None
     consecutive_failures: int
+    token_fingerprint: str | None = None  # digest of the token held (target_secret.trusted_token)
 
 
 def status_changed(new: Mapping[str, Any], stored: Mapping[str, Any] | None) -> bool:
@@ -134,6 +135,7 @@ def render_status(
         "conditions": conditions,
         "summaryReason": summary,
         "tokenExpiresAt": format_time(obs.token_expires_at) if obs.token_expires_at else None,
+        "tokenFingerprint": obs.token_fingerprint,
         "refreshTokenExpiresAt": (
             format_time(obs.refresh_token_expires_at) if obs.refresh_token_expires_at else None
         ),

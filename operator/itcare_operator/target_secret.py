@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from itcare_operator.spec import CredentialSpec, SecretKeys
-from itcare_operator.token import Token, format_time, parse_time
+from itcare_operator.token import Token, digest, format_time, parse_time, usable_access_token
 
 __all__ = [
     "CLUSTER_CREDENTIAL_LABEL",
@@ -29,6 +29,7 @@ __all__ = [
     "is_owned",
     "needs_write",
     "stored_token",
+    "trusted_token",
     "updated_secret",
 ]
 
@@ -85,7 +86,11 @@ def desired_secret(spec: CredentialSpec, owner: Owner, token: Token) -> dict[str
         EXPIRES_AT_ANNOTATION: format_time(token.expires_at),
         REFRESHED_AT_ANNOTATION: format_time(token.received_at),
     }
-    if owner.cluster:
+    # An owner reference makes the garbage collector delete the Secret with its owner;
+    # a copy of a cluster credential (deleted by the operator itself) and a target kept
+    # on deletion (deletionPolicy: Retain) are owned by the uid annotation alone.
+    by_reference = not owner.cluster and not spec.retain
+    if not by_reference:
         annotations[OWNER_UID_ANNOTATION] = owner.uid
     return {
         "apiVersion": "v1",
@@ -96,7 +101,7 @@ def desired_secret(spec: CredentialSpec, owner: Owner, token: Token) -> dict[str
             "namespace": owner.namespace,
             "labels": labels,
             "annotations": annotations,
-            "ownerReferences": [] if owner.cluster else [owner.reference()],
+            "ownerReferences": [owner.reference()] if by_reference else [],
         },
         "data": {
             keys.access_token: _b64(token.access_token),
@@ -109,10 +114,12 @@ def desired_secret(spec: CredentialSpec, owner: Owner, token: Token) -> dict[str
 
 def is_owned(secret: Mapping[str, Any], uid: str) -> bool:
     """True when the Secret names this credential as its controller owner (a copy of
-    a ClusterITCareCredential: by the owner-uid annotation)."""
+    a ClusterITCareCredential, or a target kept on deletion: by the owner-uid
+    annotation, on a Secret labelled as the operator's)."""
     meta = secret.get("metadata") or {}
     if uid and (meta.get("annotations") or {}).get(OWNER_UID_ANNOTATION) == uid:
-        return CLUSTER_CREDENTIAL_LABEL in (meta.get("labels") or {})
+        labels = meta.get("labels") or {}
+        return CLUSTER_CREDENTIAL_LABEL in labels or CREDENTIAL_LABEL in labels
     refs = meta.get("ownerReferences") or []
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
@@ -186,8 +193,35 @@ def stored_token(secret: Mapping[str, Any] | None, keys: SecretKeys) -> Token | 
         received_at = parse_time(refreshed) if refreshed else None
     except (binascii.Error, ValueError, UnicodeDecodeError):
         return None
-    if not access_token:
+    if not usable_access_token(access_token):
         return None
     if received_at is None or received_at >= expires_at:
         received_at = expires_at - dt.timedelta(seconds=1)
     return Token(access_token=access_token, received_at=received_at, expires_at=expires_at)
+
+
+def trusted_token(
+    secret: Mapping[str, Any] | None, keys: SecretKeys, status: Mapping[str, Any] | None
+) -> Token | None:
+    """The token a target Secret holds, if it provably is the one the operator wrote.
+
+    Anyone who can edit the Secret can change its token and expiry; only the operator
+    writes the credential's status. The stored token is reused (restart safety) only
+    when its digest and expiry equal ``status.tokenFingerprint`` and
+    ``status.tokenExpiresAt``; its receive time then comes from
+    ``status.lastRefreshTime``, not from the Secret's annotation.
+    """
+    token = stored_token(secret, keys)
+    if token is None or not status:
+        return None
+    if status.get("tokenFingerprint") != digest(token.access_token):
+        return None
+    if status.get("tokenExpiresAt") != format_time(token.expires_at):
+        return None
+    try:
+        received_at = parse_time(str(status.get("lastRefreshTime") or ""))
+    except ValueError:
+        received_at = token.expires_at - dt.timedelta(seconds=1)
+    if received_at >= token.expires_at:
+        received_at = token.expires_at - dt.timedelta(seconds=1)
+    return dataclasses.replace(token, received_at=received_at)

@@ -6,11 +6,33 @@ stray ``log.debug(token)`` cannot leak it.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
+import enum
 import hashlib
+from urllib.parse import quote_plus
 
-__all__ = ["ClientCredentials", "Token", "fingerprint", "format_time", "parse_time"]
+__all__ = [
+    "DEFAULT_TOKEN_URL",
+    "ClientCredentials",
+    "Grant",
+    "Token",
+    "digest",
+    "fingerprint",
+    "format_time",
+    "parse_time",
+    "usable_access_token",
+]
+
+DEFAULT_TOKEN_URL = "https://accounts.cegedim.cloud/auth/realms/cloud/protocol/openid-connect/token"
+
+
+class Grant(enum.StrEnum):
+    """``spec.grant``, and the grant a request actually used (metric label)."""
+
+    CLIENT_CREDENTIALS = "ClientCredentials"
+    REFRESH_TOKEN = "RefreshToken"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +46,14 @@ class ClientCredentials:
         return "ClientCredentials(<redacted>)"
 
     def secrets(self) -> tuple[str, ...]:
-        """Values that must never appear in logs, events, status or errors."""
-        return (self.client_id, self.client_secret)
+        """Values that must never appear in logs, events, status or errors: the id, the
+        secret, and the Base64 pair of a Basic header (form-encoded as sent, and raw)."""
+        pairs = (
+            f"{quote_plus(self.client_id)}:{quote_plus(self.client_secret)}",
+            f"{self.client_id}:{self.client_secret}",
+        )
+        encoded = (base64.b64encode(pair.encode()).decode() for pair in pairs)
+        return (self.client_id, self.client_secret, *dict.fromkeys(encoded))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +106,22 @@ class Token:
 def fingerprint(access_token: str) -> str:
     """A short, non-reversible name for a token: the first 12 hex digits of its SHA-256."""
     return "sha256:" + hashlib.sha256(access_token.encode()).hexdigest()[:12]
+
+
+def digest(access_token: str) -> str:
+    """The full SHA-256 of a token, kept in the credential's status as proof of what
+    the operator wrote: a stored token is reused only when it matches."""
+    return "sha256:" + hashlib.sha256(access_token.encode()).hexdigest()
+
+
+def usable_access_token(text: object) -> bool:
+    """A non-empty token without whitespace or control characters (it goes into an
+    HTTP header: a CR/LF would split it)."""
+    return (
+        isinstance(text, str)
+        and bool(text)
+        and not any(ch.isspace() or not ch.isprintable() for ch in text)
+    )
 
 
 def format_time(when: dt.datetime) -> str:

@@ -12,15 +12,17 @@ import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
-import enum
 import json
 import logging
+import socket
 import ssl
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
+import certifi
 import httpx
 
 from itcare_operator._version import __version__
@@ -33,7 +35,13 @@ from itcare_operator.errors import (
     RequestRejected,
     TokenEndpointError,
 )
-from itcare_operator.token import ClientCredentials, Token
+from itcare_operator.token import (
+    DEFAULT_TOKEN_URL,
+    ClientCredentials,
+    Grant,
+    Token,
+    usable_access_token,
+)
 
 __all__ = [
     "DEFAULT_TOKEN_URL",
@@ -48,7 +56,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOKEN_URL = "https://accounts.cegedim.cloud/auth/realms/cloud/protocol/openid-connect/token"
 MAX_BODY_BYTES = 64 * 1024
 MAX_EXPIRES_IN = 366 * 24 * 3600
 USER_AGENT = f"itcare-token-operator/{__version__}"
@@ -58,13 +65,6 @@ Clock = Callable[[], dt.datetime]
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-class Grant(enum.StrEnum):
-    """``spec.grant``, and the grant a request actually used (metric label)."""
-
-    CLIENT_CREDENTIALS = "ClientCredentials"
-    REFRESH_TOKEN = "RefreshToken"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,18 +122,22 @@ class TokenEndpoint:
         self._clock = clock
         self._semaphore = asyncio.Semaphore(max_concurrent) if max_concurrent else None
         self._throttle = _Throttle(rate, max(1, int(rate))) if rate else None
-        verify: ssl.SSLContext | bool = True
-        if ca_bundle:
-            verify = ssl.create_default_context(cafile=ca_bundle)
         self._client = httpx.AsyncClient(
             transport=transport,
-            verify=verify,
-            trust_env=True,
+            verify=ssl_context(ca_bundle),
+            # Proxies from the environment only for https: through a proxy, a plain
+            # http request (loopback only) would hand the Basic credentials to it.
+            trust_env=url.lower().startswith("https://"),
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(
                 max_connections=max_concurrent or 100, max_keepalive_connections=20
             ),
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            # identity: the body cap counts the bytes on the wire (see _read_capped)
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                "Accept-Encoding": "identity",
+            },
             follow_redirects=False,
         )
 
@@ -248,6 +252,14 @@ class TokenEndpoints:
             await endpoint.aclose()
 
 
+def ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
+    """The default trust (certifi's Mozilla CA set, as httpx uses), plus ``ca_bundle``."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    if ca_bundle:
+        context.load_verify_locations(cafile=ca_bundle)
+    return context
+
+
 def basic_authorization(credentials: ClientCredentials) -> str:
     """client_secret_basic (RFC 6749 section 2.3.1): form-encode, then Base64."""
     pair = f"{quote_plus(credentials.client_id)}:{quote_plus(credentials.client_secret)}"
@@ -255,43 +267,133 @@ def basic_authorization(credentials: ClientCredentials) -> str:
 
 
 async def _read_capped(resp: httpx.Response) -> bytes:
+    """The body, at most ``MAX_BODY_BYTES`` on the wire and after decoding.
+
+    The raw stream is read (httpx would decompress before any cap could apply), and
+    a gzip or deflate body the endpoint sent despite ``Accept-Encoding: identity`` is
+    inflated with a bounded output: a small compressed body cannot expand in memory.
+    """
+    if resp.is_stream_consumed:  # an in-memory transport handed over a body it had read
+        if len(resp.content) > MAX_BODY_BYTES:
+            raise _too_large(resp.status_code)
+        return resp.content
     chunks: list[bytes] = []
     size = 0
-    async for chunk in resp.aiter_bytes():
+    async for chunk in resp.aiter_raw():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise InvalidTokenResponse(
-                f"token endpoint response exceeds {MAX_BODY_BYTES} bytes",
-                status_code=resp.status_code,
-            )
+            raise _too_large(resp.status_code)
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise InvalidTokenResponse(
+            f"token endpoint answered with Content-Encoding {encoding[:20]!r}",
+            status_code=resp.status_code,
+        )
+    wbits = zlib.MAX_WBITS | 16 if "gzip" in encoding else zlib.MAX_WBITS
+    try:
+        inflater = zlib.decompressobj(wbits)
+        decoded = inflater.decompress(body, MAX_BODY_BYTES + 1)
+    except zlib.error:
+        raise InvalidTokenResponse(
+            "token endpoint sent a corrupt compressed body", status_code=resp.status_code
+        ) from None
+    if len(decoded) > MAX_BODY_BYTES or inflater.unconsumed_tail:
+        raise _too_large(resp.status_code)
+    return decoded
+
+
+def _too_large(status: int) -> InvalidTokenResponse:
+    return InvalidTokenResponse(
+        f"token endpoint response exceeds {MAX_BODY_BYTES} bytes", status_code=status
+    )
 
 
 def _describe_transport_error(exc: httpx.HTTPError) -> str:
+    """Which failure (DNS, refused, TLS, ...) and where: ``host:port`` only, never the
+    URL, whose user-info or query could hold a credential."""
+    where = _endpoint_address(exc)
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS certificate verification failed: {cause.verify_message}"
+            return f"TLS certificate verification failed for {where}: {cause.verify_message}"
         if isinstance(cause, ssl.SSLError):
-            return f"TLS handshake failed: {cause.reason or type(cause).__name__}"
+            return f"TLS handshake with {where} failed: {cause.reason or type(cause).__name__}"
+        if isinstance(cause, socket.gaierror):
+            return f"token endpoint unreachable: DNS lookup of {where.rpartition(':')[0]} failed"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"token endpoint unreachable: connection to {where} refused"
         cause = cause.__cause__ or cause.__context__
     kinds: dict[type[httpx.HTTPError], str] = {
-        httpx.ConnectError: "connection failed",
-        httpx.RemoteProtocolError: "connection closed or broken mid-response",
-        httpx.ReadError: "connection reset while reading",
-        httpx.WriteError: "connection reset while sending",
+        httpx.ConnectError: "connection to {} failed",
+        httpx.RemoteProtocolError: "connection to {} closed or broken mid-response",
+        httpx.ReadError: "connection to {} reset while reading",
+        httpx.WriteError: "connection to {} reset while sending",
         httpx.UnsupportedProtocol: "unsupported URL scheme",
     }
-    kind = kinds.get(type(exc), type(exc).__name__)
+    kind = kinds.get(type(exc), type(exc).__name__ + " ({})").format(where)
     return f"token endpoint unreachable: {kind}"
 
 
+WITHHELD = "<withheld: the endpoint's text held credential material>"
+
+
+def _base64_cores(value: bytes) -> set[str]:
+    """What the Base64 of any string containing ``value`` must contain, whatever the
+    alignment: for each of the three offsets, the characters that encode ``value``
+    alone (standard and URL-safe alphabets, no padding)."""
+    cores: set[str] = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + value).decode()
+        start = 4 if offset else 0  # the first quad mixes in the unknown prefix
+        end = 4 * ((offset + len(value)) // 3)  # the last partial quad depends on what follows
+        core = encoded[start:end]
+        if len(core) >= 8:
+            cores.update({core, core.replace("+", "-").replace("/", "_")})
+    return cores
+
+
+def _encodings(secret: str) -> set[str]:
+    """Forms of a secret that may come back in an endpoint's text: URL- and
+    form-encoded (a decoded copy of the text is searched too) and Base64."""
+    forms = {quote(secret, safe=""), quote_plus(secret), quote(secret)}
+    forms |= _base64_cores(secret.encode())
+    forms |= _base64_cores(quote_plus(secret).encode())
+    return {f for f in forms if f and f != secret}
+
+
+def _endpoint_address(exc: httpx.HTTPError) -> str:
+    try:
+        url = exc.request.url
+    except RuntimeError:  # an error raised without its request
+        return "the token endpoint"
+    port = url.port or {"https": 443, "http": 80}.get(url.scheme)
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{host}:{port}" if port else host
+
+
 def scrub(text: str, secrets: Iterable[str], limit: int = 200) -> str:
-    """Make text from the endpoint safe to show: no secrets, printable, short."""
+    """Make text from the endpoint safe to show: no secret in any encoding we know
+    (raw, URL- or form-encoded, Base64 as in a Basic header), printable, short.
+
+    Raw secrets are cut out; a text that still holds one in another form, or after
+    percent-decoding, is withheld whole: a partial cut of an encoding could leave
+    recoverable pieces.
+    """
+    secrets = [s for s in secrets if s]
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "<redacted>")
+        text = text.replace(secret, "<redacted>")
+    decoded = [text]
+    for _ in range(3):
+        decoded.append(unquote_plus(decoded[-1]))
+    forms = {form for secret in secrets for form in (secret, *_encodings(secret))}
+    if any(form in variant for form in forms for variant in decoded[1:]) or any(
+        form in text for form in forms
+    ):
+        return WITHHELD
     text = "".join(ch if ch.isprintable() else " " for ch in text).strip()
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -315,7 +417,7 @@ def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         return None
     return value if isinstance(value, dict) else None
 
@@ -375,7 +477,7 @@ def parse_token_response(
     access_token = doc.get("access_token")
     if not isinstance(access_token, str) or not access_token.strip():
         raise InvalidTokenResponse("token response has no access_token")
-    if any(ch.isspace() or not ch.isprintable() for ch in access_token):
+    if not usable_access_token(access_token):
         raise InvalidTokenResponse("token response has an access_token with invalid characters")
     token_type = doc.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":

@@ -1,0 +1,376 @@
+"""One reconciler for both kinds: from a credential to a fresh token at its destination.
+
+Inputs are watch events (the credential, its source Secret) handed in by
+:mod:`handlers`, and wake-ups of the :class:`Scheduler`. One reconcile asks
+:func:`model.should_refresh` what to do, obtains a token if so, has the delivery
+adapter (:mod:`delivery`) write it, then publishes status (only when it changed),
+events on transitions, metrics and the next wake-up. Every time decision uses the
+injected clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Hashable
+from typing import TypeVar
+
+from itcare_operator.errors import CredentialError, FailureKind, Reason, TokenEndpointError
+from itcare_operator.kube import Invalid, KubeError
+from itcare_operator.logs import Resource, about, fields
+from itcare_operator.model import (
+    CONFLICT_RETRY,
+    Action,
+    CredentialState,
+    Failure,
+    TargetConflict,
+    TokenURLNotAllowed,
+    resumed_refresh_at,
+    should_refresh,
+    source_fingerprint,
+)
+from itcare_operator.refresh_policy import (
+    RefreshPolicy,
+    backoff_delay,
+    margin_notice,
+    next_refresh_at,
+)
+from itcare_operator.registry import CredentialRegistry
+from itcare_operator.secret_write import TargetTaken
+from itcare_operator.source_secret import credentials_from_secret
+from itcare_operator.spec import CredentialSpec, InvalidSpec
+from itcare_operator.status import Condition, Observation, ready_condition, status_changed
+from itcare_operator.token import Grant, digest, format_time
+from itcare_operator.token_endpoint import TokenResult
+
+__all__ = ["Reconciler", "refused_target"]
+
+log = logging.getLogger(__name__)
+
+D = TypeVar("D")
+API_RETRY = dt.timedelta(seconds=2)  # after an API error: the server is usually back soon
+STATUS_RETRY = dt.timedelta(seconds=5)
+
+
+class Reconciler(CredentialRegistry[D]):
+    """All credentials of one kind: what a reconcile decides and does."""
+
+    # -- reconcile -------------------------------------------------------------------
+    async def _reconcile_key(self, key: Hashable) -> None:
+        state = self.credentials.get(key)  # type: ignore[call-overload]
+        if state is None:
+            return
+        with about(Resource(self.delivery.kind, *state.key)):
+            try:
+                await self.reconcile(state)
+            except TargetTaken:
+                conflict = TargetConflict("target Secret was taken by another owner while writing")
+                await self._failed(state, None, Failure(conflict, policy=CONFLICT_RETRY))
+            except Invalid as exc:
+                await self._failed(state, None, Failure(refused_target(exc), terminal=True))
+            except KubeError as exc:
+                log.warning(
+                    "%s: %s; retrying in 2s",
+                    self._label(state.key),
+                    exc,
+                    extra=fields("KubeRequestFailed"),
+                )
+                self.later(state.key, API_RETRY)
+
+    async def reconcile(self, state: CredentialState[D]) -> None:
+        if await self.delivery.intercept(state):
+            return
+        spec = state.spec
+        if not isinstance(spec, CredentialSpec):
+            error = spec if spec is not None else InvalidSpec("spec is missing")
+            await self._failed(state, None, Failure(error, terminal=True))
+            return
+        refusal = await self.delivery.prepare(state, spec)
+        if not state.token_loaded:  # before a refusal: a refused credential's valid
+            state.token_loaded = True  # token still reaches its destination
+            self.delivery.load_stored(state, spec)
+        if refusal is not None:
+            await self._failed(state, spec, refusal)
+            return
+        now = self._clock()
+        if state.token is not None and state.refresh_at is None:
+            state.refresh_at = resumed_refresh_at(
+                state.token, state.status_sent, now, spec.policy, self._rand()
+            )
+        decision = should_refresh(
+            state,
+            suspended=spec.suspend,
+            url_allowed=self.settings.token_url_allowed(spec.token_url),
+            now=now,
+        )
+        if decision.action is Action.REFRESH:
+            await self._refresh(state, spec)
+        elif decision.action is Action.URL_REFUSED:
+            refused = TokenURLNotAllowed(
+                "tokenURL is outside the operator's --allowed-token-url prefixes"
+            )
+            await self._failed(state, spec, Failure(refused, terminal=True))
+        else:
+            if decision.action is Action.SUSPENDED:
+                state.force = False
+            await self.delivery.deliver(state, spec)  # drift repair: the same token
+            await self._settle(state, spec, wake=decision.wake, next_attempt=decision.next_attempt)
+
+    async def _refresh(self, state: CredentialState[D], spec: CredentialSpec) -> None:
+        if state.force:
+            state.forced_at = self._clock()
+        where = self.delivery.source_of(state, spec)
+        try:
+            source = self.sources.get(where)
+            if source is None and not self.settings.require_source_label:
+                # With the label required, the watch holds every Secret the operator may
+                # read: one missing there is reported alike whether it exists or not,
+                # without reading it (no existence oracle). Without the label, ask.
+                source = await self.kube.get_secret(*where)
+        except KubeError as exc:
+            missing = CredentialError(str(exc), reason=Reason.SOURCE_SECRET_NOT_FOUND)
+            await self._failed(state, spec, Failure(missing, kind=FailureKind.TRANSIENT))
+            return
+        state.source_fingerprint = source_fingerprint(source)
+        started = time.monotonic()  # a duration for the histogram, not a time decision
+        try:
+            credentials = credentials_from_secret(
+                source,
+                name=where[1] if where[0] == state.namespace else "/".join(where),
+                client_id_key=spec.client_id_key,
+                client_secret_key=spec.client_secret_key,
+                require_label=self.settings.require_source_label,
+            )
+            endpoint = self.endpoints.get(spec.token_url, self.settings.ca_bundle)
+            result = await endpoint.obtain(
+                credentials, scope=spec.scope, grant=spec.grant, current=state.token
+            )
+        except TokenEndpointError as exc:
+            self.metrics.observe_request(time.monotonic() - started, ok=False)
+            await self._failed(state, spec, Failure(exc, retry_after=exc.retry_after))
+            return
+        except CredentialError as exc:
+            await self._failed(state, spec, Failure(exc))
+            return
+        self.metrics.observe_request(time.monotonic() - started, ok=True)
+        await self._obtained(state, spec, result)
+
+    async def _obtained(
+        self, state: CredentialState[D], spec: CredentialSpec, result: TokenResult
+    ) -> None:
+        first, recovered = state.token is None, state.failures > 0
+        token = result.token
+        if spec.grant is Grant.CLIENT_CREDENTIALS and token.refresh_token:
+            # Not used with this grant: do not keep the secret material around.
+            token = dataclasses.replace(token, refresh_token=None, refresh_expires_at=None)
+        # The token is ours from here on: if writing fails, the retry writes this one
+        # (the drift-repair path) instead of minting another.
+        state.token = token
+        state.force, state.retry_at, state.failures = False, None, 0
+        state.last_refresh = token.received_at
+        state.refresh_at = next_refresh_at(
+            token.received_at, token.expires_at, self._clock(), spec.policy, self._rand()
+        )
+        try:
+            await self.delivery.deliver(state, spec)
+        except TargetTaken:
+            conflict = TargetConflict("target Secret was taken by another owner while writing")
+            await self._failed(state, spec, Failure(conflict, policy=CONFLICT_RETRY))
+            return
+        except Invalid as exc:
+            await self._failed(state, None, Failure(refused_target(exc), terminal=True))
+            return
+        except KubeError as exc:
+            log.warning(
+                "%s: writing the target Secret failed: %s",
+                self._label(state.key),
+                exc,
+                extra=fields("TargetWriteFailed"),
+            )
+            self.later(state.key, API_RETRY)
+            return
+        notice = margin_notice(token.lifetime, spec.policy)
+        next_at = format_time(state.refresh_at)
+        state.refreshed = Condition(
+            "Refreshed",
+            True,
+            Reason.REFRESH_SUCCEEDED,
+            f"token obtained with {result.grant}; next refresh at {next_at}"
+            + (f"; {notice}" if notice else ""),
+        )
+        self.metrics.refreshed(*state.key, str(result.grant), self.delivery.scope)
+        expires = format_time(token.expires_at)
+        where = self.delivery.where(state, spec)
+        log.info(
+            "%s: token refreshed (%s), written to %s, expires at %s, next refresh at %s",
+            self._label(state.key),
+            result.grant,
+            where,
+            expires,
+            next_at,
+            extra=fields("TokenRefreshed"),
+        )
+        if first:
+            await self._event(
+                state, "Normal", "TokenIssued", f"token written to {where}, expires at {expires}"
+            )
+            if notice:
+                await self._event(state, "Warning", "RefreshMarginTooShort", notice)
+        elif recovered:
+            await self._event(
+                state,
+                "Normal",
+                "RefreshRecovered",
+                f"token refreshed after failures; expires at {expires}",
+            )
+        state.event_reason = None
+        await self._settle(state, spec, wake=state.refresh_at)
+
+    # -- outcome ---------------------------------------------------------------------
+    async def _failed(
+        self, state: CredentialState[D], spec: CredentialSpec | None, failure: Failure
+    ) -> None:
+        now = self._clock()
+        error = failure.error
+        state.failures += 1
+        state.last_failure = now
+        reason = str(error.reason)
+        valid = state.valid_token(now)
+        wake: dt.datetime | None = None
+        if failure.terminal:
+            state.force = False
+            message = f"{error}; fix the resource to retry"
+            wake = valid.expires_at if valid else None  # to report the expiry on time
+        else:
+            delay = backoff_delay(
+                state.failures,
+                failure.kind or error.kind,
+                now,
+                valid.expires_at if valid else None,
+                failure.policy or (spec.policy if spec else RefreshPolicy()),
+                self._rand(),
+                failure.retry_after,
+            )
+            wake = state.retry_at = now + delay
+            message = f"{error}; next attempt at {format_time(wake)}"
+        state.refreshed = Condition("Refreshed", False, reason, message)
+        grant = str(spec.grant) if spec else ""
+        self.metrics.failed(*state.key, grant, reason, self.delivery.scope)
+        log.warning(
+            "%s: refresh failed: %s: %s",
+            self._label(state.key),
+            reason,
+            message,
+            extra=fields("RefreshFailed", reason),
+        )
+        if state.event_reason != reason:
+            state.event_reason = reason
+            await self._event(state, "Warning", reason, message)
+        if spec is not None and valid:
+            try:  # a still-valid token stays in (or goes back into) its destination
+                await self.delivery.deliver(state, spec)
+            except (KubeError, TargetTaken) as exc:
+                log.warning(
+                    "%s: restoring the target Secret failed: %s",
+                    self._label(state.key),
+                    exc or "taken by another owner",
+                    extra=fields("TargetWriteFailed"),
+                )
+        next_attempt = None if failure.terminal else wake
+        await self._settle(state, spec, wake=wake, next_attempt=next_attempt)
+
+    async def _settle(
+        self,
+        state: CredentialState[D],
+        spec: CredentialSpec | None,
+        *,
+        wake: dt.datetime | None,
+        next_attempt: dt.datetime | None = None,
+    ) -> None:
+        """Publish status, metrics and the next wake-up."""
+        now = self._clock()
+        token = state.token
+        suspended = bool(spec and spec.suspend)
+        # Wake up at expiry too, so Ready turns False on time; and for a part of the
+        # destination that failed.
+        for when in (token.expires_at if token else None, self.delivery.retry_at(state, now)):
+            if when is not None and when > now and (wake is None or when < wake):
+                wake = when
+        next_refresh = None if suspended else (next_attempt or state.refresh_at)
+        obs = Observation(
+            generation=state.generation,
+            suspended=suspended,
+            token_expires_at=token.expires_at if token else None,
+            token_fingerprint=digest(token.access_token) if token else None,
+            refresh_token_expires_at=token.refresh_expires_at
+            if token and token.refresh_token
+            else None,
+            refreshed=state.refreshed,
+            last_refresh=state.last_refresh,
+            next_refresh=next_refresh,
+            last_failure=state.last_failure,
+            consecutive_failures=state.failures,
+        )
+        ready = ready_condition(obs, now)
+        if state.ready_reason == Reason.TOKEN_VALID and ready.reason == Reason.TOKEN_EXPIRED:
+            await self._event(
+                state,
+                "Warning",
+                "TokenExpired",
+                "the token in the target Secret has expired and no new one could be obtained",
+            )
+        state.ready_reason = ready.reason
+        status = self.delivery.render_status(state, obs, now)
+        if status_changed(status, state.status_sent):
+            try:
+                await self.delivery.patch_status(state, status)
+                state.status_sent = status
+            except KubeError as exc:
+                log.warning(
+                    "%s: status update failed: %s",
+                    self._label(state.key),
+                    exc,
+                    extra=fields("StatusUpdateFailed"),
+                )
+                retry = now + STATUS_RETRY
+                wake = retry if wake is None or wake > retry else wake
+        self._set_state(
+            state, "suspended" if suspended else "ready" if ready.status else "not_ready"
+        )
+        self.metrics.credential_state(
+            *state.key,
+            ready=ready.status,
+            expires_at=token.expires_at if token else None,
+            next_refresh=next_refresh,
+            scope=self.delivery.scope,
+            lifetime=token.lifetime if token else None,
+            suspended=suspended,
+            failures=state.failures,
+        )
+        self.delivery.published(state)
+        if wake is not None:
+            self.scheduler.schedule(state.key, wake.timestamp())
+        else:
+            self.scheduler.cancel(state.key)
+
+    async def _event(
+        self, state: CredentialState[D], type_: str, reason: str, message: str
+    ) -> None:
+        await self.kube.create_event(
+            self.delivery.involved(state),
+            type_,
+            reason,
+            message,
+            namespace=self.delivery.event_namespace,
+        )
+
+
+def refused_target(exc: Invalid) -> InvalidSpec:
+    """The API server refused the target Secret (422): the spec must change, so this is
+    terminal until it does, not retried every few seconds."""
+    return InvalidSpec(
+        f"the API server refused the target Secret ({exc}); check targetSecret "
+        "labels, annotations and keys"
+    )
