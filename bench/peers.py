@@ -70,6 +70,7 @@ from bench.run import (
     kube_requests,
     released,
     semantic_floor,
+    wait_out_create_delay,
 )
 
 __all__ = ["main"]
@@ -651,6 +652,7 @@ def main() -> int:
         config.connection_pool_maxsize = THREADS * 2
         api = kubernetes.client.ApiClient(config)
         core = kubernetes.client.CoreV1Api(api)
+        wait_out_create_delay(api)
         for n in ns:
             tokens = TokenServer(n, LIFETIME)
             try:
