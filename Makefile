@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv lint unit components test test-env reliability demo bench bench-smoke lock clean
+.PHONY: all venv lint unit components test test-env reliability demo bench bench-smoke bench-peers lock clean
 
 all: test
 
@@ -46,6 +46,12 @@ demo: $(STAMP) components
 bench: $(STAMP) components
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m bench.run
+
+# External Secrets Operator's Webhook generator beside ours (docs/bench/peers.md); long.
+bench-peers: $(STAMP) components
+	scripts/build-eso
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	nice -n 10 $(PY) -m bench.peers
 
 bench-smoke: $(STAMP) components
 	$(PY) -m bench.run --smoke

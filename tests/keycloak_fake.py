@@ -23,7 +23,7 @@ import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["Client", "FakeKeycloak", "Fault", "Request"]
+__all__ = ["Client", "FakeKeycloak", "Fault", "Request", "Server"]
 
 INVALID_CREDENTIALS = "Invalid client or Invalid client credentials"
 
@@ -91,6 +91,16 @@ class Request:
     scope: str = ""
 
 
+class Server(ThreadingHTTPServer):
+    """A threading HTTP server that listens like Keycloak (Quarkus on Netty): with the
+    system's connection backlog. ``socketserver``'s default of 5 overflows when a client
+    opens more connections at once; the kernel then answers with SYN cookies and resets
+    the connections whose cookie it cannot match (ConnectionResetError on a request)."""
+
+    request_queue_size = socket.SOMAXCONN
+    daemon_threads = True
+
+
 class FakeKeycloak:
     """Thread-backed server; ``with FakeKeycloak() as kc: kc.token_url``."""
 
@@ -120,8 +130,7 @@ class FakeKeycloak:
         self._lock = threading.Lock()
         self._tls = tls
         self.on_request: Callable[[Request], None] | None = None
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = Server((host, port), self._handler_class())
         if tls is not None:
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
@@ -140,7 +149,8 @@ class FakeKeycloak:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for a loop that never started
+            self._server.shutdown()
         self._server.server_close()
 
     @property

@@ -11,9 +11,9 @@ import socket
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-from tests.keycloak_fake import Fault, FaultQueue, Request, _basic
+from tests.keycloak_fake import Fault, FaultQueue, Request, Server, _basic
 
 __all__ = ["KeycloakProxy"]
 
@@ -26,8 +26,7 @@ class KeycloakProxy:
         self.issued: list[str] = []
         self.faults = FaultQueue()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
