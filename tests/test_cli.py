@@ -250,7 +250,7 @@ def test_from_secret_uses_the_kubeconfig_and_context_flags(tmp_path: Path) -> No
 
 
 def test_load_config_honours_kubeconfig_and_context(tmp_path: Path) -> None:
-    from itcare_operator.kube import load_config
+    from itcare_operator.kube_api import load_config
 
     kubeconfig = str(two_context_kubeconfig(tmp_path / "kubeconfig"))
     assert load_config(kubeconfig).host == "https://127.0.0.1:9"

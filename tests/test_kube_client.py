@@ -9,14 +9,8 @@ from typing import Any
 import kubernetes
 import pytest
 
-from itcare_operator.kube import (
-    Conflict,
-    KubeClient,
-    KubeError,
-    NotFound,
-    credentials_path,
-    secrets_path,
-)
+from itcare_operator.kube import KubeClient
+from itcare_operator.kube_api import Conflict, KubeError, NotFound, credentials_path, secrets_path
 from tests.environment import Environment
 from tests.testenv import GROUP, PLURAL, VERSION
 

@@ -6,7 +6,7 @@ import copy
 import datetime as dt
 from typing import Any
 
-from itcare_operator.kube import Conflict
+from itcare_operator.kube_api import Conflict
 from itcare_operator.leader import LeaseElector
 
 

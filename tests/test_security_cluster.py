@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from itcare_operator.fanout import FINALIZER, ClusterController
-from itcare_operator.kube import Invalid
+from itcare_operator.kube_api import Invalid
 from itcare_operator.metrics import Metrics
 from itcare_operator.settings import Settings
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints

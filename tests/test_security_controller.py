@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from itcare_operator.kube import Invalid
+from itcare_operator.kube_api import Invalid
 from itcare_operator.settings import Settings
 from itcare_operator.spec import InvalidSpec, parse_spec
 from itcare_operator.target_secret import trusted_token

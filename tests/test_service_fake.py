@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from itcare_operator.kube import Conflict, NotFound
+from itcare_operator.kube_api import Conflict, NotFound
 from tests.fake_kube import FakeKube, merge_patch, selects
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from itcare_operator.kube import KubeError
+from itcare_operator.kube_api import KubeError
 from itcare_operator.leader import LeaseElector
 from tests.fake_kube import FakeKube
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from itcare_operator.kube import Conflict
+from itcare_operator.kube_api import Conflict
 from tests.fake_kube import (
     LIFETIME,
     Clock,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from itcare_operator.kube import KubeError
+from itcare_operator.kube_api import KubeError
 from tests.fake_kube import (
     Clock,
     FakeKube,

@@ -12,7 +12,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound
+from itcare_operator.kube import KubeClient
+from itcare_operator.kube_api import Conflict, KubeError, NotFound
 from itcare_operator.logs import Resource, fields
 from itcare_operator.target_secret import (
     CLUSTER_CREDENTIAL_LABEL,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 from itcare_operator.settings import DEFAULT_ALLOWED_TOKEN_URL, Settings
 from itcare_operator.token import DEFAULT_TOKEN_URL
@@ -56,36 +58,31 @@ def _env_list(name: str) -> list[str] | None:
     return [item for item in value.replace(",", " ").split() if item]
 
 
+N = TypeVar("N", int, float)
+
+
 # argparse names the converter function in its own "invalid <name> value" message;
 # raising ArgumentTypeError gives the user our text after the flag's name instead.
-def _positive_int(text: str) -> int:
+def _checked(text: str, convert: Callable[[str], N], ok: Callable[[N], bool], what: str) -> N:
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _checked(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0..65535, 0 disables)")
-    return value
+    return _checked(text, int, lambda v: 0 <= v <= 65535, "a port number (0..65535, 0 disables)")
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
+    return _checked(text, float, lambda v: v > 0, "a positive number")
 
 
 def add_cluster_flags(parser: argparse.ArgumentParser) -> None:

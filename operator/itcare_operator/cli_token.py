@@ -186,7 +186,7 @@ def load_cluster_config(kubeconfig: str | None, context: str | None) -> Any:
     import kubernetes
     import yaml
 
-    from itcare_operator.kube import load_config
+    from itcare_operator.kube_api import load_config
 
     if kubeconfig and not Path(kubeconfig).is_file():
         raise UsageError(f"--kubeconfig {kubeconfig}: no such file")

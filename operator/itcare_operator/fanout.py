@@ -23,7 +23,8 @@ from itcare_operator import cleanup
 from itcare_operator.cleanup import FINALIZER, CopyKey
 from itcare_operator.delivery import Adapter
 from itcare_operator.errors import Reason
-from itcare_operator.kube import GROUP, VERSION, Conflict, Invalid, KubeClient, KubeError
+from itcare_operator.kube import KubeClient
+from itcare_operator.kube_api import GROUP, VERSION, Conflict, Invalid, KubeError
 from itcare_operator.metrics import CLUSTER, Metrics
 from itcare_operator.model import (
     CredentialState,

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import kopf
 
 from itcare_operator.fanout import ClusterController
-from itcare_operator.kube import CLUSTER_PLURAL, GROUP, PLURAL, VERSION, load_config
+from itcare_operator.kube_api import CLUSTER_PLURAL, GROUP, PLURAL, VERSION, load_config
 from itcare_operator.model import Key
 from itcare_operator.namespaced import Controller
 from itcare_operator.settings import Settings

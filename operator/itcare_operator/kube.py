@@ -29,35 +29,14 @@ from itcare_operator.kube_api import (
     GROUP,
     PLURAL,
     VERSION,
-    Conflict,
-    Invalid,
     KubeError,
     NotFound,
     api_error,
-    cluster_credentials_path,
-    credentials_path,
     load_config,
-    namespaces_path,
-    secrets_path,
 )
 from itcare_operator.token import format_time
 
-__all__ = [
-    "CLUSTER_PLURAL",
-    "GROUP",
-    "PLURAL",
-    "VERSION",
-    "Conflict",
-    "Invalid",
-    "KubeClient",
-    "KubeError",
-    "NotFound",
-    "cluster_credentials_path",
-    "credentials_path",
-    "load_config",
-    "namespaces_path",
-    "secrets_path",
-]
+__all__ = ["KubeClient"]
 
 log = logging.getLogger(__name__)
 

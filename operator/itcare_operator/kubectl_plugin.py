@@ -99,7 +99,7 @@ class KubeCredentialStore:
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
-        from itcare_operator.kube import CLUSTER_PLURAL, GROUP, PLURAL, VERSION
+        from itcare_operator.kube_api import CLUSTER_PLURAL, GROUP, PLURAL, VERSION
 
         try:
             if ref.namespace:

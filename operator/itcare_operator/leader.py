@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from itcare_operator.kube import Conflict, KubeClient, KubeError
+from itcare_operator.kube import KubeClient
+from itcare_operator.kube_api import Conflict, KubeError
 
 __all__ = ["LeaseElector", "LostLeadership"]
 

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from itcare_operator import refresh_policy as policy
 from itcare_operator.errors import CredentialError, FailureKind, Reason, TokenEndpointError
-from itcare_operator.kube import Invalid, KubeError, NotFound
+from itcare_operator.kube_api import Invalid, KubeError, NotFound
 from itcare_operator.logs import Resource, about, fields
 from itcare_operator.model import (
     CONFLICT_RETRY,

@@ -19,8 +19,8 @@ from itcare_operator._version import __version__
 from itcare_operator.fanout import ClusterController
 from itcare_operator.handlers import SecretRouter
 from itcare_operator.health import HttpServers
-from itcare_operator.kube import (
-    KubeClient,
+from itcare_operator.kube import KubeClient
+from itcare_operator.kube_api import (
     KubeError,
     cluster_credentials_path,
     credentials_path,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from itcare_operator.kube import Conflict, KubeClient, KubeError, NotFound
+from itcare_operator.kube import KubeClient
+from itcare_operator.kube_api import Conflict, KubeError, NotFound
 from itcare_operator.target_secret import is_owned, needs_write, updated_secret
 
 __all__ = ["TargetTaken", "write_secret"]
@@ -37,8 +38,8 @@ async def write_secret(
 
     ``current`` is the Secret as last seen (None: absent). Returns the Secret as
     stored (``current`` itself when nothing had to change: no request). Raises
-    :class:`TargetTaken` if it belongs to someone else, :class:`kube.Invalid` if the
-    API server refuses it (422), :class:`kube.KubeError` on other API errors.
+    :class:`TargetTaken` if it belongs to someone else, :class:`kube_api.Invalid` if the
+    API server refuses it (422), :class:`kube_api.KubeError` on other API errors.
     """
     name = desired["metadata"]["name"]
     for _attempt in range(ATTEMPTS):
