@@ -122,10 +122,11 @@ class Runtime:
         )
 
     async def _prime(self) -> None:
-        """One listing of the Secrets (and, for the cluster kind, of its credentials and
-        the Namespaces) before the first reconcile: every stored token, API account and
-        copy is then known without a GET per credential (restart safety), and orphans
-        are judged against every cluster credential. kopf's watches then deliver
+        """One listing of the Secrets and the credentials (and, for the cluster kind, of
+        its credentials and the Namespaces) before the first reconcile: every stored
+        token, API account and copy is then known without a GET per credential (restart
+        safety), every credential is reconciled without waiting for kopf's relisting,
+        and orphans are judged against every cluster credential. kopf's watches then deliver
         everything again and what changed since; the core takes both alike.
 
         Not a kopf index: kopf holds every handler until each indexed object has been
@@ -137,6 +138,11 @@ class Runtime:
                 for namespace in self.settings.namespaces or [None]:
                     for secret in await self.kube.list_objects(secrets_path(namespace)):
                         self.route(None, secret)
+                    # The credentials too: kopf relists everything after a restart, and
+                    # at 10,000 credentials its delivery took minutes: tokens would
+                    # lapse before their credential was known again.
+                    for body in await self.kube.list_objects(credentials_path(namespace)):
+                        self.controller.credential_event(None, body)
                 if self.cluster is not None:
                     for listed in await self.kube.list_objects(namespaces_path()):
                         self.cluster.namespace_event(None, listed)
