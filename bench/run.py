@@ -252,6 +252,16 @@ def lag_quantile(samples: list[tuple[dict[str, str], float]], q: float) -> float
     return float("inf")
 
 
+def lag_since(
+    now: dict[str, list[tuple[dict[str, str], float]]],
+    then: dict[str, list[tuple[dict[str, str], float]]],
+) -> list[tuple[dict[str, str], float]]:
+    """The loop-lag histogram of the samples taken between two scrapes (one phase)."""
+    name = "itcare_event_loop_lag_seconds_bucket"
+    before = {lb["le"]: v for lb, v in then.get(name, [])}
+    return [(lb, v - before.get(lb["le"], 0.0)) for lb, v in now.get(name, [])]
+
+
 def kube_requests(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> float:
     return sum(v for _, v in metrics.get("itcare_kube_requests_total", []))
 
@@ -548,6 +558,7 @@ def run_one(
         )
     ]
     create_requests = kube_requests(op.metrics()) - requests_at_start
+    create_rss_kib = op.peak_rss_kib
     if profiler:
         profiles.append(("creation of all credentials", profiler.stop()))
     with watch.lock:
@@ -562,6 +573,7 @@ def run_one(
 
     # Refresh cycles
     cpu0, metrics0 = op.cpu_seconds(), op.metrics()
+    create_lag = lag_since(metrics0, {})
     with watch.lock:
         versions0 = sum(len(v) for v in watch.versions.values())
     phase_end = time.time() + cycles * lifetime * 2 / 3 + 5
@@ -576,6 +588,7 @@ def run_one(
         versions1 = sum(len(v) for v in watch.versions.values())
     refreshes = versions1 - versions0
     lag = metrics1.get("itcare_event_loop_lag_seconds_bucket", [])
+    refresh_lag = lag_since(metrics1, metrics0)
 
     # Restart
     print(f"[N={n}] restart...", flush=True)
@@ -655,9 +668,17 @@ def run_one(
         "restart_s": round(restart_s, 2),
         "restart_token_requests": premature,
         "peak_rss_mib": round(op.peak_rss_kib / 1024, 1),
+        "peak_rss_create_mib": round(create_rss_kib / 1024, 1),  # while creating the N
         "cpu_ms_per_refresh": round((cpu1 - cpu0) * 1000 / max(refreshes, 1), 2),
         "loop_lag_p99_ms": round(lag_quantile(lag, 0.99) * 1000, 1) if lag else None,
         "loop_lag_max_bucket_ms": round(lag_quantile(lag, 1.0) * 1000, 1) if lag else None,
+        # The same, by phase: while the N credentials were created, and in the cycles.
+        "loop_lag_p99_create_ms": round(lag_quantile(create_lag, 0.99) * 1000, 1)
+        if lag
+        else None,
+        "loop_lag_p99_refresh_ms": round(lag_quantile(refresh_lag, 0.99) * 1000, 1)
+        if lag
+        else None,
         "api_requests_per_refresh": round(
             (kube_requests(metrics1) - kube_requests(metrics0)) / max(refreshes, 1), 2
         ),

@@ -87,3 +87,46 @@ async def test_run_due_runs_what_is_due_by_the_clock_in_order_and_always_ends() 
     assert await s.run_due() == ["again"]
     now[0] = 1010.0
     assert "late" in await s.run_due()
+
+
+async def test_stop_lets_the_reconciles_under_way_finish_and_starts_none() -> None:
+    """A refresh cut between its Secret write and its status patch costs a token
+    request on restart: stop() drains what runs, within its grace."""
+    steps: list[str] = []
+    started = asyncio.Event()
+    clock = [1000.0]
+
+    async def work(key: Hashable) -> None:
+        steps.append(f"{key}: write")
+        started.set()
+        await asyncio.sleep(0.05)  # the status patch's round trip
+        steps.append(f"{key}: status")
+
+    s = Scheduler(work, clock=lambda: clock[0])
+    s.start()
+    s.now("a")
+    await started.wait()
+    s.schedule("b", 1000.0)  # due, and its wake-up races the stop: never started
+    await asyncio.wait_for(s.stop(grace=5), 10)  # bounded: a stop must end
+    assert steps == ["a: write", "a: status"]
+
+
+async def test_stop_cancels_what_outlasts_the_grace() -> None:
+    steps: list[str] = []
+    started = asyncio.Event()
+
+    async def work(key: Hashable) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+            steps.append("done")
+        except asyncio.CancelledError:
+            steps.append("cancelled")
+            raise
+
+    s = Scheduler(work)
+    s.start()
+    s.now("slow")
+    await started.wait()
+    await s.stop(grace=0.05)
+    assert steps == ["cancelled"]

@@ -41,6 +41,9 @@ __all__ = ["Runtime", "run_operator"]
 log = logging.getLogger(__name__)
 
 VANISHED_CHECK = 300.0  # seconds between listings for credentials deleted unseen
+# Seconds the refreshes under way get to finish on shut-down (the pod's default grace
+# period is 30 s): one cut after its Secret write costs a token request on restart.
+DRAIN_GRACE = 10.0
 
 
 class Runtime:
@@ -186,9 +189,10 @@ class Runtime:
         for task in (self._lag_task, self._vanished_task):
             if task is not None:
                 task.cancel()
-        await self.controller.scheduler.stop()
+        schedulers = [self.controller.scheduler]
         if self.cluster is not None:
-            await self.cluster.scheduler.stop()
+            schedulers.append(self.cluster.scheduler)
+        await asyncio.gather(*(s.stop(grace=DRAIN_GRACE) for s in schedulers))
         await self.endpoints.aclose()
         await self.http.stop()
         self.stop.set()  # else kopf waits 5 s for its stop-flag waiter on SIGTERM

@@ -39,14 +39,26 @@ class Scheduler:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.heartbeat = time.monotonic()
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Start nothing more; give the reconciles under way ``grace`` seconds to end.
+
+        A reconcile cut between its Secret write and its status patch leaves a token
+        that the status does not vouch for: the next instance cannot trust it and asks
+        for another one (a token request per interrupted refresh, on every restart)."""
+        # A flag as well as the cancel: Python 3.11's wait_for drops a cancel that
+        # arrives as its wake-up completes, and the loop would go on.
+        self._stopping = True
+        self._changed.set()
         if self._loop_task:
             self._loop_task.cancel()
+        if self._tasks and grace > 0:
+            await asyncio.wait(set(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(
@@ -105,11 +117,11 @@ class Scheduler:
         return batch
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             self.heartbeat = time.monotonic()
             self._changed.clear()
             now = self._clock()
-            while self._heap and self._heap[0][0] <= now:
+            while self._heap and self._heap[0][0] <= now and not self._stopping:
                 when, seq, key = heapq.heappop(self._heap)
                 if self._due.get(key) != (when, seq):
                     continue  # superseded or cancelled
