@@ -17,7 +17,7 @@ import json
 import logging
 import secrets
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import kubernetes
@@ -136,10 +136,11 @@ class KubeClient:
         except NotFound:
             return None
 
-    async def list_keys(self, path: str) -> set[tuple[str, str]]:
-        """(namespace, name) of every object a list of ``path`` holds, in pages of
-        metadata only (a tenth of the full objects' bytes)."""
-        keys: set[tuple[str, str]] = set()
+    async def pages(
+        self, path: str, accept: str = "application/json"
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The objects a list of ``path`` holds, one page of 500 at a time: a caller
+        that handles each page holds one page's bodies, not 10,000."""
         params = {"limit": "500"}
         while True:
             page = await self.request(
@@ -149,29 +150,27 @@ class KubeClient:
                 "GET",
                 path,
                 params=params,
-                accept=METADATA_LIST,
+                accept=accept,
             )
-            for item in page.get("items") or []:
-                meta = item.get("metadata") or {}
-                keys.add((meta.get("namespace", ""), meta.get("name", "")))
+            yield page.get("items") or []
             token = (page.get("metadata") or {}).get("continue")
             if not token:
-                return keys
+                return
             params = {"limit": "500", "continue": token}
 
+    async def list_keys(self, path: str) -> set[tuple[str, str]]:
+        """(namespace, name) of every object a list of ``path`` holds, in pages of
+        metadata only (a tenth of the full objects' bytes)."""
+        keys: set[tuple[str, str]] = set()
+        async for items in self.pages(path, accept=METADATA_LIST):
+            for item in items:
+                meta = item.get("metadata") or {}
+                keys.add((meta.get("namespace", ""), meta.get("name", "")))
+        return keys
+
     async def list_objects(self, path: str) -> list[dict[str, Any]]:
-        """Every object a list of ``path`` holds, read in pages of 500."""
-        objects: list[dict[str, Any]] = []
-        params = {"limit": "500"}
-        while True:
-            page = await self.request(
-                "list", path.rsplit("/", 1)[-1], f"list {path}", "GET", path, params=params
-            )
-            objects += page.get("items") or []
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return objects
-            params = {"limit": "500", "continue": token}
+        """Every object a list of ``path`` holds."""
+        return [item async for items in self.pages(path) for item in items]
 
     # -- Secrets -------------------------------------------------------------------
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:

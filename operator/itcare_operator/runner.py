@@ -9,6 +9,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -139,23 +140,26 @@ class Runtime:
         while True:
             try:
                 for namespace in self.settings.namespaces or [None]:
-                    for secret in await self.kube.list_objects(secrets_path(namespace)):
-                        self.route(None, secret)
+                    await self._list(secrets_path(namespace), self.route)
                     # The credentials too: kopf relists everything after a restart, and
                     # at 10,000 credentials its delivery took minutes: tokens would
                     # lapse before their credential was known again.
-                    for body in await self.kube.list_objects(credentials_path(namespace)):
-                        self.controller.credential_event(None, body)
+                    await self._list(credentials_path(namespace), self.controller.credential_event)
                 if self.cluster is not None:
-                    for listed in await self.kube.list_objects(namespaces_path()):
-                        self.cluster.namespace_event(None, listed)
-                    for body in await self.kube.list_objects(cluster_credentials_path()):
-                        self.cluster.credential_event(None, body)
+                    await self._list(namespaces_path(), self.cluster.namespace_event)
+                    await self._list(cluster_credentials_path(), self.cluster.credential_event)
                 break
             except KubeError as exc:
                 log.warning("initial listing failed: %s; retrying in 5 s", exc)
                 await asyncio.sleep(5)
         log.info("initial listing done in %.1f s", time.monotonic() - started)
+
+    async def _list(self, path: str, take: Callable[[str | None, Any], None]) -> None:
+        # Page by page: the bodies of one page in memory at a time (peak RSS at
+        # 10,000 credentials), and the event loop free between pages.
+        async for items in self.kube.pages(path):
+            for item in items:
+                take(None, item)
 
     async def _forget_vanished(self) -> None:
         """kopf relists after 410 Gone or a lost connection, and a relist reports no
