@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -45,6 +46,14 @@ VANISHED_CHECK = 300.0  # seconds between listings for credentials deleted unsee
 # Seconds the refreshes under way get to finish on shut-down (the pod's default grace
 # period is 30 s): one cut after its Secret write costs a token request on restart.
 DRAIN_GRACE = 10.0
+# Python's cyclic collector makes a full pass (the event loop stops for time in
+# proportion to every object held) whenever the objects it promoted to its oldest
+# generation grew by a quarter. At the default young threshold (700 allocations) a
+# watch event's body lives long enough to be promoted, so while 10,000 credentials
+# were created full passes came every second or two and stopped the loop for
+# 0.1-0.6 s each (docs/bench/kopf.md). Promoted only after 50,000 allocations, the
+# short-lived bodies die young.
+GC_THRESHOLDS = (50_000, 20, 10)
 
 
 class Runtime:
@@ -262,6 +271,7 @@ async def _operate(settings: Settings) -> int:
 
 def run_operator(settings: Settings) -> int:
     configure_logging(settings.log_format, settings.log_level)
+    gc.set_threshold(*GC_THRESHOLDS)
     started = time.monotonic()
     try:
         return asyncio.run(_operate(settings))
