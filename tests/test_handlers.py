@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 import pytest
 
-from itcare_operator.handlers import SecretRouter, register
+from itcare_operator.handlers import NoDiffBase, SecretRouter, register
 from itcare_operator.settings import Settings
 from itcare_operator.source_secret import SOURCE_LABEL
 from itcare_operator.target_secret import CLUSTER_CREDENTIAL_LABEL, MANAGED_BY, MANAGED_BY_LABEL
@@ -134,3 +134,26 @@ def test_every_resource_handler_is_a_coroutine() -> None:
     register(registry, Runtime(Settings(cluster_credentials=True)))  # type: ignore[arg-type]
     handlers = [*registry._indexing.get_all_handlers(), *registry._watching.get_all_handlers()]
     assert handlers and all(inspect.iscoroutinefunction(h.fn) for h in handlers)
+
+
+async def test_start_up_settings_keep_kopf_light() -> None:
+    """What kopf is told at start-up: no Events, no diff bases, listing in pages, and
+    per-object workers that do not outlive their last event by seconds (each holds
+    the object's last body: at 10,000 credentials, thousands of them)."""
+    started: list[bool] = []
+
+    class Started(Runtime):
+        async def start_background(self) -> None:
+            started.append(True)
+
+    registry = kopf.OperatorRegistry()
+    register(registry, Started(Settings()))  # type: ignore[arg-type]
+    startup = [h for h in registry._activities.get_all_handlers() if h.id.endswith("startup")]
+    settings = kopf.OperatorSettings()
+    await startup[0].fn(settings=settings)
+    assert started == [True]
+    assert settings.posting.enabled is False
+    assert settings.watching.chunk_size == 500
+    assert isinstance(settings.persistence.diffbase_storage, NoDiffBase)
+    assert settings.queueing.idle_timeout <= 1.0
+    assert settings.peering.standalone is True

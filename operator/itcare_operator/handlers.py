@@ -36,6 +36,8 @@ __all__ = ["NoDiffBase", "Operator", "SecretRouter", "connection_info", "registe
 
 log = logging.getLogger(__name__)
 
+IDLE_WORKER = 0.5  # seconds a per-object kopf worker outlives its last event
+
 
 class Operator(Protocol):
     """What the handlers need of the running operator (``runner.Runtime``)."""
@@ -118,6 +120,11 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         settings.networking.request_timeout = 60
         settings.peering.standalone = True  # leader election is ours (leader.py)
         settings.persistence.diffbase_storage = NoDiffBase()
+        # kopf keeps a worker task per object until it has been idle this long, holding
+        # the object's last body: at its default (5 s) thousands of bodies stay alive
+        # while 10,000 credentials are created, and the garbage collector promotes them
+        # all. Our handlers return at once, so a worker has nothing to wait for.
+        settings.queueing.idle_timeout = IDLE_WORKER
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         await operator.start_background()
 

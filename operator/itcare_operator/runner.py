@@ -47,13 +47,13 @@ VANISHED_CHECK = 300.0  # seconds between listings for credentials deleted unsee
 # period is 30 s): one cut after its Secret write costs a token request on restart.
 DRAIN_GRACE = 10.0
 # Python's cyclic collector makes a full pass (the event loop stops for time in
-# proportion to every object held) whenever the objects it promoted to its oldest
-# generation grew by a quarter. At the default young threshold (700 allocations) a
-# watch event's body lives long enough to be promoted, so while 10,000 credentials
-# were created full passes came every second or two and stopped the loop for
-# 0.1-0.6 s each (docs/bench/kopf.md). Promoted only after 50,000 allocations, the
-# short-lived bodies die young.
-GC_THRESHOLDS = (50_000, 20, 10)
+# proportion to every object held) whenever the objects promoted to its oldest
+# generation grew by a quarter. At the default thresholds (700, 10) anything alive
+# 7,000 allocations later is promoted, a watch event's body included: while 10,000
+# credentials were created, 22 full passes stopped the loop for 0.1-0.8 s each
+# (docs/bench/kopf.md). Here an object must outlive 500,000 allocations (a second or
+# so) to be promoted, and a young pass stays short (at 50,000 they took 0.1-0.2 s).
+GC_THRESHOLDS = (10_000, 50, 10)
 
 
 class Runtime:
