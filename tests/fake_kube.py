@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import datetime as dt
 import itertools
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -205,6 +205,27 @@ class FakeKube:
         return [reason for _type, reason in self.events]
 
     # -- Secrets ---------------------------------------------------------------------
+    async def pages(
+        self, path: str, accept: str = "application/json"
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """A paged list (two per page, to exercise paging) of the path's kind."""
+        self._call("list", path)
+        parts = path.strip("/").split("/")
+        namespace = parts[parts.index("namespaces") + 1] if "namespaces" in parts[:-1] else None
+        store: Mapping[Any, dict[str, Any]] = {
+            "secrets": self.secrets,
+            "itcarecredentials": self.credentials,
+            "clusteritcarecredentials": self.cluster_credentials,
+            "namespaces": self.namespaces,
+        }[parts[-1]]
+        items = [
+            copy.deepcopy(obj)
+            for obj in store.values()
+            if namespace is None or obj["metadata"].get("namespace") == namespace
+        ]
+        for start in range(0, max(len(items), 1), 2):
+            yield items[start : start + 2]
+
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         self._call("get_secret", name)
         found = self.secrets.get((namespace, name))

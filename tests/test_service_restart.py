@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from itcare_operator.kube_api import KubeError
+from itcare_operator.runner import Runtime
+from itcare_operator.settings import Settings
 from tests.fake_kube import (
+    ALLOWED,
     Clock,
     FakeKube,
     Operator,
@@ -138,3 +141,18 @@ async def test_a_status_patch_answered_404_forgets_the_credential() -> None:
     spent = len(tokens.requests)
     await op.advance(7200)
     assert len(tokens.requests) == spent <= 2
+
+
+async def test_the_start_up_listing_knows_every_stored_token_before_kopf_lists() -> None:
+    """Runtime._prime, page by page: every credential and its stored token are in memory
+    before the first reconcile (kopf's own listing of 10,000 credentials took minutes,
+    and tokens lapsed meanwhile)."""
+    _op, kube, _clock, tokens = await started()
+    for i in range(4):  # more than one page
+        kube.put(NS, source_secret(NS, name=f"acct-{i}"))
+    runtime = Runtime(Settings(allowed_token_urls=(ALLOWED,), namespaces=(NS,)), kube)  # type: ignore[arg-type]
+    await runtime._prime()
+    state = runtime.controller.credentials[(NS, "billing")]
+    assert state.token is not None and state.token.access_token == token_in(kube, NS)
+    assert len(runtime.controller.sources) == 5
+    assert len(tokens.requests) == 1  # the first operator's; none since
