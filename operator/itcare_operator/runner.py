@@ -51,9 +51,10 @@ DRAIN_GRACE = 10.0
 # proportion to every object held) whenever the objects promoted to its oldest
 # generation grew by a quarter. At the default thresholds (700, 10) anything alive
 # 7,000 allocations later is promoted, a watch event's body included: while 10,000
-# credentials were created, 22 full passes stopped the loop for 0.1-0.8 s each
-# (docs/bench/kopf.md). Here an object must outlive 500,000 allocations (a second or
-# so) to be promoted, and a young pass stays short (at 50,000 they took 0.1-0.2 s).
+# credentials were created (and part of a cycle), 33 full passes of over 20 ms stopped
+# the loop (0.83 s at most while creating; docs/bench/kopf.md). Here an object must
+# outlive 500,000 allocations (a second or so) to be promoted, and a young pass stays
+# short (at 50,000 they took 0.1-0.34 s).
 GC_THRESHOLDS = (10_000, 50, 10)
 # glibc gives every thread that allocates a malloc arena of its own (up to eight per
 # core) and keeps their freed memory: the API client's 16 threads read and parse
