@@ -26,6 +26,7 @@ class Profile:
 
     def __init__(self, pid: int, path: Path, rate: int = 100) -> None:
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "py-spy"),
@@ -112,11 +113,12 @@ def by_module(path: Path) -> list[tuple[str, float]]:
 
 # Activities of the operator, by a frame on the stack: (label, marker in the frame).
 ACTIVITIES = [
+    ("reconcile (decide, refresh, write, status; incl. the token request)", "Reconciler.reconcile"),
     ("token requests (httpx)", "TokenEndpoint._send"),
     ("API requests (urllib3, in the request threads)", "KubeClient.request.<locals>.send"),
-    ("watch threads (read, JSON decode)", "Watch._run"),
-    ("reconcile coroutine (incl. the token request, not the API threads)", "Controller.reconcile"),
-    ("status rendering", "render_status"),
+    ("kopf: watch streams (read, JSON decode)", "kopf/_cogs/clients/watching"),
+    ("kopf: event processing (workers, handlers)", "kopf/_core/reactor/"),
+    ("our watch intake (credential and Secret events)", "itcare_operator/registry.py"),
     ("metrics", "prometheus_client"),
     ("logging", "logging/__init__"),
 ]
