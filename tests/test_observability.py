@@ -2,7 +2,7 @@
 the per-credential gauges the alerts read), structured JSON logs, and the chart's
 Grafana dashboard against a real ``/metrics`` exposition.
 
-The controller runs in-process on the fakes of ``test_controller`` (in-memory
+The controller runs in-process on the fakes of ``tests.fake_kube`` (in-memory
 Kubernetes, a MockTransport token endpoint, an injected clock) with credentials in
 different states: ready, failing, suspended.
 """
@@ -31,7 +31,7 @@ from itcare_operator.namespaced import Controller
 from itcare_operator.settings import Settings
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
 from tests.environment import free_port
-from tests.test_controller import URL, Clock, FakeKube
+from tests.fake_kube import URL, Clock, FakeKube
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "charts" / "itcare-token-operator" / "files" / "grafana-dashboard.json"

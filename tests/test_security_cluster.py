@@ -1,5 +1,5 @@
 """Issue 13, service tier, ClusterITCareCredential: forged copies, forced refreshes and
-refused copies, with the in-memory Kubernetes fake of ``test_controller``."""
+refused copies, with the in-memory Kubernetes fake of ``tests.fake_kube``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from itcare_operator.kube_api import Invalid
 from itcare_operator.metrics import Metrics
 from itcare_operator.settings import Settings
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
-from tests.test_controller import URL, Clock, FakeKube, token_handler
+from tests.fake_kube import URL, Clock, FakeKube, token_handler
 
 PLATFORM = "platform"
 NAMESPACES = ("team-a", "team-b")
