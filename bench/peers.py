@@ -374,6 +374,14 @@ def expired_seconds(
     return total, objects
 
 
+def quantiles(values: list[float]) -> list[float]:
+    """The 0th, 5th, ..., 100th percentile of sorted ``values`` (21 numbers: the plots'
+    CDFs without keeping every sample in peers.json)."""
+    if not values:
+        return []
+    return [round(values[round(q / 20 * (len(values) - 1))], 3) for q in range(21)]
+
+
 def gaps(versions: dict[str, list[tuple[float, float]]], since: float, until: float) -> list[float]:
     """Seconds between consecutive versions of each target Secret, both in the window."""
     return [
@@ -451,6 +459,7 @@ def measure(
     r["all_ready_s"] = round(max(firsts.values()) - began, 2)
     r["latency_p50_s"] = round(statistics.median(latencies), 3)
     r["latency_p99_s"] = round(latencies[int(0.99 * (len(latencies) - 1))], 3)
+    r["latency_quantiles_s"] = quantiles(latencies)  # for the plot
     r["create_token_requests_per_object"] = round(
         len(run.tokens.requests(began, time.time())) / n, 2
     )
@@ -479,19 +488,16 @@ def measure(
     r["refresh_interval_median_s"] = (
         round(statistics.median(steady_gaps), 1) if steady_gaps else None
     )
-    r["refresh_before_expiry_median_s"] = (
-        round(
-            statistics.median(
-                a[1] - b[0]
-                for seen in versions.values()
-                for a, b in itertools.pairwise(seen)
-                if t0 <= b[0] < t1
-            ),
-            1,
-        )
-        if refreshes
-        else None
+    before_expiry = sorted(
+        a[1] - b[0]
+        for seen in versions.values()
+        for a, b in itertools.pairwise(seen)
+        if t0 <= b[0] < t1
     )
+    r["refresh_before_expiry_median_s"] = (
+        round(statistics.median(before_expiry), 1) if before_expiry else None
+    )
+    r["refresh_before_expiry_quantiles_s"] = quantiles(before_expiry)
     r["expired_token_s_steady"] = round(expired, 1)
     r["objects_expired_steady"] = objects
     r["cpu_ms_per_refresh"] = round((cpu1 - cpu0) * 1000 / max(refreshes, 1), 2)
@@ -724,7 +730,71 @@ def render() -> None:
     """docs/bench/peers.md from docs/bench/peers.json (the latest row's versions)."""
     rows = json.loads((OUT / "peers.json").read_text())
     latest = max(rows, key=lambda r: r["date"])
-    (OUT / "peers.md").write_text(HEADER.format(**latest) + table(rows) + FOOTER)
+    (OUT / "peers.md").write_text(HEADER.format(**latest) + table(rows) + PLOTS + FOOTER)
+    plot(rows)
+
+
+def plot(rows: list[dict[str, Any]]) -> None:
+    """peers_latency.png (CDFs per N, ours and ESO) and peers_scaling.png (measures
+    against N); skipped without matplotlib (``.[bench]``)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = [q / 20 for q in range(21)]
+    styles = {"ours": "-", "eso": "--"}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for row in rows:
+        for name, style in styles.items():
+            result = row.get(name, {})
+            label = f"{NAMES[name]} N={row['n']}"
+            if result.get("latency_quantiles_s"):
+                axes[0].plot(result["latency_quantiles_s"], fractions, style, label=label)
+            if result.get("refresh_before_expiry_quantiles_s"):
+                axes[1].plot(
+                    result["refresh_before_expiry_quantiles_s"], fractions, style, label=label
+                )
+    axes[0].set_xlabel("create-to-Secret latency (s)")
+    axes[1].set_xlabel("new token seen this long before the old one expired (s)")
+    for ax in axes:
+        ax.set_ylabel("fraction")
+        ax.grid(alpha=0.3)
+        if ax.lines:  # rows measured before the quantiles were kept have none
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "peers_latency.png", dpi=100)
+    plt.close(fig)
+
+    measures = [
+        ("all_ready_s", "all N Secrets hold a token (s)"),
+        ("cpu_ms_per_refresh", "CPU per refresh (ms)"),
+        ("peak_rss_mib", "peak RSS (MiB)"),
+        ("api_requests_per_refresh", "API requests per refresh"),
+    ]
+    fig, axes = plt.subplots(1, len(measures), figsize=(14, 3.5))
+    for ax, (key, title) in zip(axes, measures, strict=True):
+        for name, style in styles.items():
+            points = [(r["n"], r[name][key]) for r in rows if r.get(name, {}).get(key)]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, marker="o", label=NAMES[name])
+        if key == "all_ready_s":
+            points = [(r["n"], r["semantic_floor_s"]) for r in rows]
+            ax.plot(*zip(*points, strict=True), ":", marker=".", label="semantic floor")
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("N")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "peers_scaling.png", dpi=100)
+    plt.close(fig)
+
+
+NAMES = {"ours": "ours", "eso": "ESO"}
 
 
 def eso_go_version() -> str:
@@ -779,6 +849,12 @@ ITCareCredential. Expiry is read from the token's own `exp` claim for both.
 - (b) the token server cuts the lifetime to 60 s; expired-token seconds over 150 s.
   (b) and (c) run for N up to `--full-max-n` only (time).
 
+"""
+
+PLOTS = """
+![create-to-Secret latency and refresh-before-expiry, CDFs](peers_latency.png)
+
+![measures against N](peers_scaling.png)
 """
 
 FOOTER = """

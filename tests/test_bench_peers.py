@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from bench.peers import JwtWatch, expired_seconds, gaps
+from bench.peers import JwtWatch, expired_seconds, gaps, quantiles
 from bench.token_server import serve
 
 from tests.keycloak_fake import FakeKeycloak
@@ -34,6 +34,13 @@ def test_gaps_are_between_versions_inside_the_window() -> None:
     versions = {"a": [(0.0, 1.0), (60.0, 2.0), (118.0, 3.0)], "b": [(5.0, 1.0)]}
     assert gaps(versions, 0.0, 200.0) == [60.0, 58.0]
     assert gaps(versions, 30.0, 200.0) == [58.0]
+
+
+def test_quantiles_are_every_fifth_percentile_of_the_sorted_values() -> None:
+    values = [float(v) for v in range(101)]  # 0..100: the p-th percentile is p
+    assert quantiles(values) == [float(p) for p in range(0, 101, 5)]
+    assert quantiles([7.0]) == [7.0] * 21
+    assert quantiles([]) == []
 
 
 def test_expiry_comes_from_the_tokens_exp_claim() -> None:
