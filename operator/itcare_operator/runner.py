@@ -60,6 +60,13 @@ GC_THRESHOLDS = (10_000, 50, 10)
 # core) and keeps their freed memory: the API client's 16 threads read and parse
 # every response. Two arenas bound that (glibc only; elsewhere nothing changes).
 MALLOC_ARENAS = 2
+# Loop lag is how late a timer fires, sampled: each sample wakes the process, and a
+# wake-up of an idle process costs CPU (sampling 10 times a second was 80 % of an
+# idle operator's CPU: 3.2 ms/s, 0.65 with one a second; docs/bench/peers-findings.md).
+# Dense while reconciles run, where lag matters; a late timer is a late timer at
+# either rate (the samples are not biased by it, only fewer).
+LAG_PERIOD_BUSY = 0.1
+LAG_PERIOD_IDLE = 1.0
 M_ARENA_MAX = -8  # mallopt's parameter number (glibc malloc.h)
 
 
@@ -198,9 +205,13 @@ class Runtime:
                 if gone := registry.forget_vanished(known, listed):
                     log.info("%d credentials deleted while the watch was down forgotten", gone)
 
-    async def _measure_loop_lag(self, period: float = 0.1) -> None:
+    async def _measure_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            busy = self.controller.scheduler.busy or bool(
+                self.cluster and self.cluster.scheduler.busy
+            )
+            period = LAG_PERIOD_BUSY if busy else LAG_PERIOD_IDLE
             before = loop.time()
             await asyncio.sleep(period)
             self.metrics.loop_lag.observe(max(0.0, loop.time() - before - period))

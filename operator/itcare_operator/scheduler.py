@@ -42,6 +42,11 @@ class Scheduler:
         self._stopping = False
         self.heartbeat = time.monotonic()
 
+    @property
+    def busy(self) -> bool:
+        """Whether a reconcile is under way."""
+        return bool(self._tasks)
+
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
 
