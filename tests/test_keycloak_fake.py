@@ -13,12 +13,13 @@ import concurrent.futures
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import urllib3
 
-from tests.keycloak_fake import FakeKeycloak
+from tests.keycloak_fake import FakeKeycloak, Server
 
 BURST = 32
 
@@ -106,3 +107,23 @@ def test_a_burst_of_token_requests_on_new_connections_is_answered() -> None:
             server.add_client(f"c-{i}", f"s-{i}")
         for _ in range(3):
             assert burst(server.token_url) == [200] * BURST
+
+
+def test_a_client_resetting_its_connection_is_no_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = Server(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    try:
+        for error in (ConnectionResetError(104, "reset"), BrokenPipeError(32, "pipe")):
+            try:
+                raise error
+            except OSError:
+                server.handle_error(None, ("127.0.0.1", 1))
+        assert capsys.readouterr().err == ""
+        try:
+            raise ValueError("a bug in the handler")
+        except ValueError:
+            server.handle_error(None, ("127.0.0.1", 1))
+        assert "ValueError: a bug in the handler" in capsys.readouterr().err
+    finally:
+        server.server_close()
