@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from bench.peers import JwtWatch, expired_seconds, gaps, quantiles
+from bench.peers import JwtWatch, cell, expired_seconds, gaps, quantiles
 from bench.token_server import serve
 
 from tests.keycloak_fake import FakeKeycloak
@@ -85,3 +85,13 @@ def test_token_server_rejects_malformed_commands(line: str) -> None:
         out = io.StringIO()
         serve(kc, [line], out)
         assert out.getvalue().startswith("unknown command")
+
+
+def test_an_outage_not_recovered_from_is_shown_as_such() -> None:
+    done = {"expired_token_s_outage": 0.0, "outage_recovery_s": 11.7, "outage_recovered": True}
+    gave_up = {"expired_token_s_outage": 67438.5, "outage_recovery_s": None}
+    assert cell(done, "outage_recovery_s") == "11.7"
+    assert cell(done, "expired_token_s_outage") == "0.0"
+    assert cell(gave_up, "outage_recovery_s") == "not all within 300 s"
+    assert cell(gave_up, "expired_token_s_outage") == ">= 67438.5"
+    assert cell({}, "outage_recovery_s") == "-"  # the phase did not run
