@@ -48,7 +48,7 @@ bench: $(STAMP) components
 	$(PY) -m bench.run
 
 # External Secrets Operator's Webhook generator beside ours (docs/bench/peers.md); about
-# 90 minutes for N = 100, 1,000 and 5,000. One N: make bench-peers PEERS_ARGS="--n 100"
+# an hour for N = 100, 1,000 and 5,000. One N: make bench-peers PEERS_ARGS="--n 100"
 bench-peers: $(STAMP) components
 	scripts/build-eso
 	$(PY) -m pip install -q -e '.[dev,bench]'

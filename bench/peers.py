@@ -1,6 +1,6 @@
 """Side by side: our operator and External Secrets Operator's Webhook generator.
 
-    make bench-peers                          # N = 100, 1,000 and 5,000: about 90 minutes
+    make bench-peers                          # N = 100, 1,000 and 5,000: about an hour
     make bench-peers PEERS_ARGS="--n 100"     # one N
     scripts/build-eso && .venv/bin/python -m bench.peers --n 100 --only ours
 
@@ -873,7 +873,7 @@ PLOTS = """
 """
 
 FOOTER = """
-Rerun: `make bench-peers` (N = 100, 1,000 and 5,000, about 90 minutes), or one N:
+Rerun: `make bench-peers` (N = 100, 1,000 and 5,000, about an hour), or one N:
 `make bench-peers PEERS_ARGS="--n 100"`.
 Raw numbers: `peers.json`.
 """

@@ -62,7 +62,7 @@ GC_THRESHOLDS = (10_000, 50, 10)
 MALLOC_ARENAS = 2
 # Loop lag is how late a timer fires, sampled: each sample wakes the process, and a
 # wake-up of an idle process costs CPU (sampling 10 times a second was 80 % of an
-# idle operator's CPU: 3.2 ms/s, 0.65 with one a second; docs/bench/peers-findings.md).
+# idle operator's CPU: 6.5 ms/s with no credentials, 1.2 after; docs/bench/idle.md).
 # Dense while reconciles run, where lag matters; a late timer is a late timer at
 # either rate (the samples are not biased by it, only fewer).
 LAG_PERIOD_BUSY = 0.1
