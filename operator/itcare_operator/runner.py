@@ -60,6 +60,7 @@ GC_THRESHOLDS = (10_000, 50, 10)
 # core) and keeps their freed memory: the API client's 16 threads read and parse
 # every response. Two arenas bound that (glibc only; elsewhere nothing changes).
 MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # mallopt's parameter number (glibc malloc.h)
 # Loop lag is how late a timer fires, sampled: each sample wakes the process, and a
 # wake-up of an idle process costs CPU (sampling 10 times a second was 80 % of an
 # idle operator's CPU: 6.5 ms/s with no credentials, 1.2 after; docs/bench/idle.md).
@@ -67,7 +68,6 @@ MALLOC_ARENAS = 2
 # either rate (the samples are not biased by it, only fewer).
 LAG_PERIOD_BUSY = 0.1
 LAG_PERIOD_IDLE = 1.0
-M_ARENA_MAX = -8  # mallopt's parameter number (glibc malloc.h)
 
 
 class Runtime:
