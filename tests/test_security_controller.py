@@ -24,7 +24,7 @@ from itcare_operator.spec import InvalidSpec, parse_spec
 from itcare_operator.target_secret import trusted_token
 from itcare_operator.token import digest
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
-from tests.fake_kube import URL, Clock, FakeKube, merge_patch, token_handler
+from tests.fake_kube import URL, Clock, FakeKube, merge_patch, source_secret, token_handler
 
 # ``setup`` drives ``Controller.reconcile`` on a credential the fake does not hold, so
 # its status patches are kept in ``kube.status`` (the last one, ``None`` dropped as a
@@ -86,18 +86,8 @@ def setup(
         clock=clock,
         rand=lambda: 0.0,
     )
-    source = {
-        "metadata": {
-            "name": "acct",
-            "namespace": NS,
-            "uid": "s1",
-            "labels": {"itcare.cegedim.cloud/api-account": "true"},
-        },
-        "data": {
-            "client-id": base64.b64encode(b"id").decode(),
-            "client-secret": base64.b64encode(b"secret").decode(),
-        },
-    }
+    source = source_secret(NS)
+    source["metadata"]["uid"] = "s1"
     kube.put(NS, source)
     controller.source_secret_event(None, source)  # the watch's initial listing
     controller.credential_event(None, {**CREDENTIAL, "status": dict(status or {})})
