@@ -39,7 +39,7 @@ import kubernetes
 from tests import environment
 from tests.environment import Environment, free_port
 
-from bench.run import ROOT, THREADS, Operator, floor, released, stats
+from bench.run import ROOT, THREADS, Operator, floor, released, save_rows, stats
 
 OUT = ROOT / "docs" / "bench"
 GROUP, VERSION, PLURAL = "itcare.cegedim.cloud", "v1alpha1", "clusteritcarecredentials"
@@ -264,13 +264,7 @@ def _all_requests(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> flo
 
 
 def write(results: list[dict[str, Any]]) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / "cluster-results.json"
-    existing = {r["namespaces"]: r for r in json.loads(path.read_text())} if path.exists() else {}
-    for r in results:
-        existing[r["namespaces"]] = r
-    ordered = [existing[k] for k in sorted(existing)]
-    path.write_text(json.dumps(ordered, indent=2) + "\n")
+    ordered = save_rows(OUT / "cluster-results.json", results, key="namespaces")
     keys = list(ordered[0])
     lines = [
         "# ClusterITCareCredential fan-out benchmark",

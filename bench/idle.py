@@ -21,8 +21,6 @@ import argparse
 import concurrent.futures
 import datetime as dt
 import json
-import os
-import platform
 import secrets
 import sys
 import time
@@ -43,7 +41,7 @@ from bench.peers import (
     TokenServer,
     apply_crds,
 )
-from bench.run import OUT, THREADS, wait_out_create_delay
+from bench.run import OUT, THREADS, machine, save_rows, wait_out_create_delay
 
 __all__ = ["main"]
 
@@ -149,17 +147,12 @@ def make(name: str, env: Environment, namespace: str, url: str, log: Path) -> Pe
 def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     meta = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}",
+        "machine": machine(),
         "command": "python -m bench.idle " + " ".join(sys.argv[1:]),
         "eso_version": ESO_VERSION,
     }
-    path = OUT / "idle.json"
-    existing = {r["n"]: r for r in json.loads(path.read_text())} if path.exists() else {}
-    for row in rows:
-        existing[row["n"]] = {**existing.get(row["n"], {}), **row, **meta}
-    ordered = [existing[k] for k in sorted(existing)]
-    path.write_text(json.dumps(ordered, indent=2) + "\n")
+    # merge: a run with --only keeps the other operator's numbers for that N
+    ordered = save_rows(OUT / "idle.json", [{**row, **meta} for row in rows], merge=True)
     lines = [
         "# Idle CPU: between refreshes",
         "",

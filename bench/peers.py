@@ -69,7 +69,9 @@ from bench.run import (
     cpu_seconds,
     floor,
     kube_requests,
+    machine,
     released,
+    save_rows,
     semantic_floor,
     wait_out_create_delay,
 )
@@ -721,8 +723,7 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     path = OUT / "peers.json"
     meta = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}",
+        "machine": machine(),
         "eso_version": ESO_VERSION,
         "eso_refresh_interval_s": ESO_REFRESH,
         "eso_concurrent": args.eso_concurrent,
@@ -733,11 +734,7 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "ours_version": importlib.metadata.version("itcare-token-operator"),
         "eso_go": eso_go_version(),
     }
-    existing = {r["n"]: r for r in json.loads(path.read_text())} if path.exists() else {}
-    for row in rows:
-        existing[row["n"]] = {**row, **meta}
-    ordered = [existing[k] for k in sorted(existing)]
-    path.write_text(json.dumps(ordered, indent=2) + "\n")
+    save_rows(path, [{**row, **meta} for row in rows])
     render()
 
 

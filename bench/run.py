@@ -681,8 +681,7 @@ def run_one(
         "api_requests_per_refresh": round(
             (kube_requests(metrics1) - kube_requests(metrics0)) / max(refreshes, 1), 2
         ),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}",
+        "machine": machine(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     result["_latencies"] = latencies
@@ -730,14 +729,31 @@ def targets(rows: dict[int, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write(results: list[dict[str, Any]], plots: bool) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / "results.json"
-    existing = {r["n"]: r for r in json.loads(path.read_text())} if path.exists() else {}
-    for r in results:
-        existing[r["n"]] = {k: v for k, v in r.items() if not k.startswith("_")}
-    ordered = [existing[k] for k in sorted(existing)]
+def machine() -> str:
+    """The machine a result was measured on, as every results file names it."""
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def save_rows(
+    path: Path, rows: list[dict[str, Any]], key: str = "n", *, merge: bool = False
+) -> list[dict[str, Any]]:
+    """Store ``rows`` in the JSON list at ``path``, one per ``key`` value: a new row
+    replaces the stored one (``merge``: updates it), the others stay. Returns all rows,
+    ordered by ``key``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored = {r[key]: r for r in json.loads(path.read_text())} if path.exists() else {}
+    for row in rows:
+        stored[row[key]] = {**stored.get(row[key], {}), **row} if merge else row
+    ordered = [stored[k] for k in sorted(stored)]
     path.write_text(json.dumps(ordered, indent=2) + "\n")
+    return ordered
+
+
+def write(results: list[dict[str, Any]], plots: bool) -> None:
+    ordered = save_rows(
+        OUT / "results.json",
+        [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
+    )
     keys = [
         "n",
         "all_ready_s",
@@ -773,7 +789,7 @@ def write(results: list[dict[str, Any]], plots: bool) -> None:
         f"Latest row: {latest['date']} on {latest['machine']}. Rows come from separate "
         "runs when their dates differ; the plots are from the latest multi-N run.",
     ]
-    lines += ["", *targets(existing)]
+    lines += ["", *targets({r["n"]: r for r in ordered})]
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
     if not plots:
         return

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from bench.run import CRD_CREATE_DELAY_S, create_delay_ends, parse_time
+from bench.run import CRD_CREATE_DELAY_S, create_delay_ends, parse_time, save_rows
 
 
 def crd(established: str | None, status: str = "True") -> dict[str, Any]:
@@ -32,3 +34,17 @@ def test_the_latest_established_crd_decides() -> None:
 def test_crds_not_established_hold_nothing() -> None:
     assert create_delay_ends([crd(None), crd("2026-11-29T01:00:10Z", status="False")]) == 0.0
     assert create_delay_ends([{"metadata": {"name": "new"}}]) == 0.0
+
+
+def test_save_rows_replaces_or_merges_by_key_and_keeps_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "results.json"
+    save_rows(path, [{"n": 1000, "a": 1, "b": 2}, {"n": 100, "a": 0}])
+    assert save_rows(path, [{"n": 1000, "a": 3}]) == [{"n": 100, "a": 0}, {"n": 1000, "a": 3}]
+    merged = save_rows(path, [{"n": 1000, "b": 4}], merge=True)
+    assert merged == [{"n": 100, "a": 0}, {"n": 1000, "a": 3, "b": 4}]
+    assert json.loads(path.read_text()) == merged
+    other = tmp_path / "cluster.json"
+    assert save_rows(other, [{"namespaces": 10}, {"namespaces": 1}], key="namespaces") == [
+        {"namespaces": 1},
+        {"namespaces": 10},
+    ]
