@@ -165,12 +165,12 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "| token requests in the window (ours / ESO) | date, machine |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def get(result: dict[str, Any], key: str) -> str:
+        return str(result.get(key, "-"))
+
     for row in ordered:
         ours, eso = row.get("ours", {}), row.get("eso", {})
-
-        def get(result: dict[str, Any], key: str) -> str:
-            return str(result.get(key, "-"))
-
         lines.append(
             f"| {row['n']} | {get(ours, 'cpu_ms_per_s')} | {get(eso, 'cpu_ms_per_s')} "
             f"| {get(ours, 'rss_mib')} | {get(eso, 'rss_mib')} "
