@@ -5,11 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import httpx
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 
-from itcare_operator.errors import InvalidTokenResponse
-from itcare_operator.token import Token, fingerprint, format_time, parse_time
-from itcare_operator.token_response import parse_retry_after, parse_token_response
+from itcare_operator.errors import EndpointUnavailable, InvalidTokenResponse
+from itcare_operator.token import ClientCredentials, Token, fingerprint, format_time, parse_time
+from itcare_operator.token_endpoint import TokenEndpoint
+from itcare_operator.token_response import (
+    MAX_RETRY_AFTER,
+    parse_retry_after,
+    parse_token_response,
+)
 
 NOW = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
 DOC = {
@@ -95,6 +103,62 @@ def test_retry_after_seconds_and_date() -> None:
     assert parse_retry_after("Sat, 28 Nov 2026 09:00:00 GMT", NOW) == 0.0
     assert parse_retry_after("soon", NOW) is None
     assert parse_retry_after(None, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("9" * 400, MAX_RETRY_AFTER),  # float(int(...)) overflows
+        ("9" * 5000, MAX_RETRY_AFTER),  # beyond int()'s digit limit
+        ("0" * 5000 + "30", 30.0),
+        ("3601", MAX_RETRY_AFTER),
+        ("3600", MAX_RETRY_AFTER),
+        ("\u00b2", None),  # isdigit() is True, int() refuses it
+        ("\u0661\u0662", None),  # Arabic-Indic digits: not delta-seconds
+        ("\uff11\uff12", None),  # fullwidth digits
+        ("-5", None),
+        ("1e3", None),
+        ("30.5", None),
+        ("Sat, 28 Nov 9999 10:01:00 GMT", MAX_RETRY_AFTER),
+        ("Sat, 28 Nov 99999999999999999999 10:01:00 GMT", None),  # year overflows a C long
+        ("Sat, 28 Nov 0001 10:01:00 GMT", 0.0),
+        ("Sat, 28 Nov 2026 10:01:00 +9999", None),
+        ("Mon, 32 Nov 2026 10:01:00 GMT", None),
+        ("\x00", None),
+        ("", None),
+    ],
+)
+def test_retry_after_never_raises_and_is_capped(value: str, expected: float | None) -> None:
+    assert parse_retry_after(value, NOW) == expected
+
+
+@hypothesis.settings(max_examples=2000, deadline=None)
+@hypothesis.given(
+    st.one_of(
+        st.text(),
+        st.text(alphabet="0123456789 ", max_size=6000),
+        st.from_regex(r"\A[A-Z][a-z]{2}, [0-9]{1,30} [A-Z][a-z]{2} [0-9]{1,30} .{0,20}\Z"),
+    )
+)
+def test_retry_after_of_any_text_is_none_or_within_the_cap(value: str) -> None:
+    seconds = parse_retry_after(value, NOW)
+    assert seconds is None or 0.0 <= seconds <= MAX_RETRY_AFTER
+
+
+@pytest.mark.parametrize("header", [b"9" * 400, b"9" * 5000, "\u00b2".encode()])
+async def test_a_bad_retry_after_stays_inside_the_endpoint_error(header: bytes) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, headers={"Retry-After": header})
+
+    endpoint = TokenEndpoint(
+        "https://accounts.example/token", transport=httpx.MockTransport(handle)
+    )
+    try:
+        with pytest.raises(EndpointUnavailable) as info:
+            await endpoint.client_credentials(ClientCredentials("id", "secret"))
+    finally:
+        await endpoint.aclose()
+    assert info.value.retry_after is None or 0.0 <= info.value.retry_after <= MAX_RETRY_AFTER
 
 
 def test_repr_hides_secrets() -> None:

@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import email.utils
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote_plus
@@ -22,6 +23,7 @@ from itcare_operator.token import Token, usable_access_token
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_EXPIRES_IN",
+    "MAX_RETRY_AFTER",
     "WITHHELD",
     "json_object",
     "parse_retry_after",
@@ -31,6 +33,13 @@ __all__ = [
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_EXPIRES_IN = 366 * 24 * 3600
+MAX_RETRY_AFTER = 3600.0
+"""The longest wait, in seconds, a ``Retry-After`` header can impose. The header is
+the endpoint's (or a proxy's) text: an absurd value must not park a credential for
+days while its token expires. An hour is longer than the rate-limit windows Keycloak
+and common proxies announce, and the retry policy still re-tries earlier when the held
+token is about to expire."""
+_DELTA_SECONDS = re.compile(r"[0-9]+", re.ASCII)
 
 
 WITHHELD = "<withheld: the endpoint's text held credential material>"
@@ -84,19 +93,30 @@ def scrub(text: str, secrets: Iterable[str], limit: int = 200) -> str:
 
 
 def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
-    """``Retry-After`` as seconds from ``now``: delta-seconds or an HTTP date."""
+    """``Retry-After`` as seconds from ``now``: delta-seconds or an HTTP date, at most
+    :data:`MAX_RETRY_AFTER`; ``None`` for anything else.
+
+    The header is the endpoint's text, so this never raises: delta-seconds are ASCII
+    digits only (``str.isdigit`` also accepts ``"²"`` and other scripts' digits), a long
+    run of digits is capped without converting it, and a date the parser cannot
+    represent is ignored.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(int(value))
+    if _DELTA_SECONDS.fullmatch(value):
+        digits = value.lstrip("0")
+        if len(digits) > len(str(int(MAX_RETRY_AFTER))):
+            return MAX_RETRY_AFTER
+        return min(float(int(digits or "0")), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - now).total_seconds()
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - now).total_seconds())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def json_object(body: bytes) -> dict[str, Any] | None:
