@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from itcare_operator.cli import main
 from tests.conftest import CLIENT_ID, CLIENT_SECRET
 from tests.keycloak_fake import FakeKeycloak, Fault
 
@@ -189,7 +191,65 @@ def two_context_kubeconfig(path: Path) -> Path:
 def test_token_url_without_a_host_is_a_usage_error() -> None:
     proc = cli("token", "--token-url", "http://", env=creds_env())
     assert proc.returncode == 2, proc.stderr
-    assert "--token-url must be an http(s) URL with a host" in proc.stderr
+    assert "--token-url has no host" in proc.stderr
+
+
+@pytest.fixture
+def no_connections(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every name lookup and socket connection of this process is recorded and refused:
+    a test proves that its refusal came before any request, and nothing leaves the
+    machine even when the code under test does try."""
+    attempts: list[object] = []
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        attempts.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "blocked by the test")
+
+    def connect(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise ConnectionRefusedError("blocked by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect)
+    return attempts
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("HTTP://192.0.2.1/token", "--insecure-http"),  # TEST-NET-1, never routed
+        ("Http://192.0.2.1/token", "--insecure-http"),
+        ("hTtP://token.example.invalid/token", "--insecure-http"),
+        ("HTTP://[2001:db8::1]/token", "--insecure-http"),
+        (" http://192.0.2.1/token", "whitespace"),
+        ("ftp://192.0.2.1/token", "https"),
+        ("ws://192.0.2.1/token", "https"),
+        ("file:///etc/passwd", "https"),
+    ],
+)
+def test_token_url_scheme_is_judged_parsed_before_any_request(
+    no_connections: list[object],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    url: str,
+    message: str,
+) -> None:
+    for name, value in creds_env().items():
+        monkeypatch.setenv(name, value)
+    code = main(["token", "--token-url", url])
+    err = capsys.readouterr().err
+    assert no_connections == [], f"a request was attempted before the refusal: {err}"
+    assert code == 2 and message in err, err
+    assert CLIENT_ID not in err and CLIENT_SECRET not in err
+
+
+def test_an_upper_case_http_scheme_to_loopback_still_works(keycloak: FakeKeycloak) -> None:
+    url = keycloak.token_url
+    assert url.startswith("http://127.0.0.1:")
+    proc = cli("token", "--token-url", "HTTP" + url[4:], env=creds_env())
+    assert proc.returncode == 0, proc.stderr
+    assert_no_secrets(proc, keycloak)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import sys
-import urllib.parse
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,7 +30,7 @@ from itcare_operator.errors import (
 from itcare_operator.settings import Settings
 from itcare_operator.token import ClientCredentials, Token, fingerprint, format_time
 from itcare_operator.token_endpoint import TokenEndpoint, utcnow
-from itcare_operator.token_url import is_loopback_http
+from itcare_operator.token_url import InvalidTokenURL, is_loopback_http, split_url
 
 __all__ = [
     "check_kubeconfig",
@@ -43,11 +42,21 @@ __all__ = [
 ]
 
 
-def check_token_url(url: str) -> None:
-    """A usage error, before any request, for a URL that cannot name an endpoint."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("https", "http") or not parsed.hostname:
-        raise UsageError("--token-url must be an http(s) URL with a host")
+def check_token_url(url: str, *, insecure_http: bool = False) -> None:
+    """A usage error, before any request, for a URL that cannot name an endpoint or
+    would send the client secret in clear text: parsed as the operator parses a
+    ``tokenURL`` (:func:`itcare_operator.token_url.split_url`: any scheme but https or
+    http refused, the scheme compared case-insensitively), plain http only to a
+    loopback host unless ``insecure_http``."""
+    try:
+        scheme, _host, _port, _path = split_url(url, "--token-url")
+    except InvalidTokenURL as exc:
+        raise UsageError(str(exc)) from None
+    if scheme == "http" and not is_loopback_http(url) and not insecure_http:
+        raise UsageError(
+            "--token-url is plain http to a non-loopback host: the client secret would "
+            "cross the network in clear text (use https, or --insecure-http to insist)"
+        )
 
 
 def _read_file(path: str, what: str) -> str:
@@ -139,16 +148,7 @@ async def _obtain(args: argparse.Namespace, credentials: ClientCredentials) -> T
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    check_token_url(args.token_url)
-    if (
-        args.token_url.startswith("http://")
-        and not is_loopback_http(args.token_url)
-        and not args.insecure_http
-    ):
-        raise UsageError(
-            "--token-url is plain http to a non-loopback host: the client secret would "
-            "cross the network in clear text (use https, or --insecure-http to insist)"
-        )
+    check_token_url(args.token_url, insecure_http=args.insecure_http)
     if args.ca_bundle and not Path(args.ca_bundle).is_file():
         raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
     credentials = credentials_from_args(args)

@@ -22,6 +22,7 @@ __all__ = [
     "URLPrefix",
     "is_loopback_http",
     "parse_prefix",
+    "split_url",
     "url_allowed",
 ]
 
@@ -68,8 +69,11 @@ def remove_dot_segments(path: str) -> str:
     return result if result.startswith("/") else "/" + result
 
 
-def _parts(url: str, what: str) -> tuple[str, str, int, str]:
-    """(scheme, host, port, raw path) of an absolute http(s) URL, or InvalidTokenURL."""
+def split_url(url: str, what: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, raw path) of an absolute http(s) URL, or InvalidTokenURL.
+
+    The scheme and host come back lower-case: ``HTTP://`` is plain http. Every caller
+    that decides by scheme or host uses this, not a string prefix."""
     if any(ch.isspace() or not ch.isprintable() for ch in url) or "\\" in url:
         raise InvalidTokenURL(f"{what} contains whitespace, control characters or a backslash")
     try:
@@ -108,7 +112,7 @@ def _paths(raw: str) -> set[str]:
 def parse_prefix(prefix: str) -> URLPrefix:
     """Normalise an ``--allowed-token-url`` prefix; a prefix without a trailing slash
     still ends at a segment boundary (``…/realms/cloud`` does not allow ``…/cloudy``)."""
-    scheme, host, port, raw = _parts(prefix, f"allowed token URL prefix {prefix!r}")
+    scheme, host, port, raw = split_url(prefix, f"allowed token URL prefix {prefix!r}")
     paths = _paths(raw)
     if len(paths) != 1:
         raise InvalidTokenURL(
@@ -121,7 +125,7 @@ def parse_prefix(prefix: str) -> URLPrefix:
 def url_allowed(url: str, prefixes: Iterable[URLPrefix]) -> bool:
     """True when ``url`` lies under one of ``prefixes`` by the rules of this module."""
     try:
-        scheme, host, port, raw = _parts(url, "tokenURL")
+        scheme, host, port, raw = split_url(url, "tokenURL")
     except InvalidTokenURL:
         return False
     paths = _paths(raw)
@@ -136,7 +140,7 @@ def url_allowed(url: str, prefixes: Iterable[URLPrefix]) -> bool:
 def is_loopback_http(url: str) -> bool:
     """An ``http://`` URL whose host is a loopback name or address."""
     try:
-        scheme, host, _port, _path = _parts(url, "URL")
+        scheme, host, _port, _path = split_url(url, "URL")
     except InvalidTokenURL:
         return False
     if scheme != "http":
