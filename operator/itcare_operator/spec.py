@@ -33,7 +33,8 @@ SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 MAX_ANNOTATIONS_BYTES = 256 * 1024
-LOCAL_HTTP = re.compile(r"^http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?(/.*)?$")
+LOCAL_HTTP = re.compile(r"\Ahttp://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?(/.*)?\Z")
+"""Anchored with ``\\A`` and ``\\Z``: ``$`` would also match before a final newline."""
 
 
 class InvalidSpec(CredentialError):

@@ -4,9 +4,15 @@ A token URL comes from a tenant's spec, so it is compared as the HTTP client wil
 use it, never as a string: scheme, host and port must equal those of an allowed
 prefix, and the path, with dot segments removed (both as written and after
 percent-decoding, since servers differ in which one they route by), must lie under
-the prefix's path at a segment boundary. A URL with userinfo, a query, a fragment
-or a backslash is refused outright: none has a use in a token URL and each is a
-classic way to make two parsers disagree.
+the prefix's path at a segment boundary. A URL with userinfo, a query, a fragment,
+a backslash or a non-ASCII character is refused outright, and so is a path with a
+``;`` parameter, a percent-encoded dot, slash, backslash, semicolon, percent sign,
+control character or non-ASCII byte, a ``%`` that starts no escape, or a segment of
+only dots (and encoded spaces). A Keycloak token URL (``/realms/<realm>/protocol/
+openid-connect/token``) needs none of them, and each is a classic way to make two
+parsers disagree: front ends of the Tomcat and Undertow family cut ``;`` parameters
+before normalising (``..;/`` is ``..``), double-decoding proxies turn ``%252e`` into
+``.``, and some servers fold fullwidth dots or overlong UTF-8 into ``.`` and ``/``.
 """
 
 from __future__ import annotations
@@ -74,8 +80,10 @@ def split_url(url: str, what: str) -> tuple[str, str, int, str]:
 
     The scheme and host come back lower-case: ``HTTP://`` is plain http. Every caller
     that decides by scheme or host uses this, not a string prefix."""
-    if any(ch.isspace() or not ch.isprintable() for ch in url) or "\\" in url:
-        raise InvalidTokenURL(f"{what} contains whitespace, control characters or a backslash")
+    if not url.isascii() or any(ch.isspace() or not ch.isprintable() for ch in url) or "\\" in url:
+        raise InvalidTokenURL(
+            f"{what} contains whitespace, control or non-ASCII characters, or a backslash"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -94,17 +102,26 @@ def split_url(url: str, what: str) -> tuple[str, str, int, str]:
     return scheme, host, port or _DEFAULT_PORTS[scheme], parts.path or "/"
 
 
-_AMBIGUOUS = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+_AMBIGUOUS = re.compile(
+    r"%(2e|2f|5c|3b|25|[01][0-9a-f]|7f|[89a-f][0-9a-f])"  # . / \ ; %, controls, non-ASCII bytes
+    r"|%(?![0-9a-f]{2})"  # a % that starts no escape: %u002e, a trailing %
+    r"|;",  # a path parameter: ..;/ is .. to Tomcat and Undertow
+    re.IGNORECASE,
+)
+"""What the CRD's CEL refuses in a tokenURL too (the rule beside the dot-segment one)."""
+_DOT_SEGMENT = re.compile(r"(\.|%20)+")
+"""A segment of dots and encoded spaces: ``..`` to a server that trims trailing dots
+and spaces from a segment, as Windows path handling does."""
 
 
 def _paths(raw: str) -> set[str]:
     """The path as the client sends it and as a decoding server may route it.
 
-    A path with dot segments, or with an encoded dot, slash or backslash, has no single
-    meaning: a client that removes dot segments before sending and a server that decodes
-    afterwards (or the other way round) can route it above the prefix. Such a path
-    matches nothing (the empty set)."""
-    if _AMBIGUOUS.search(raw) or any(seg in (".", "..") for seg in raw.split("/")):
+    A path with dot segments or with any look-alike of one (:data:`_AMBIGUOUS`) has no
+    single meaning: a client that removes dot segments before sending and a server that
+    decodes afterwards (or the other way round) can route it above the prefix. Such a
+    path matches nothing (the empty set)."""
+    if _AMBIGUOUS.search(raw) or any(_DOT_SEGMENT.fullmatch(seg) for seg in raw.split("/")):
         return set()
     return {remove_dot_segments(raw), remove_dot_segments(unquote(raw))}
 
@@ -123,7 +140,10 @@ def parse_prefix(prefix: str) -> URLPrefix:
 
 
 def url_allowed(url: str, prefixes: Iterable[URLPrefix]) -> bool:
-    """True when ``url`` lies under one of ``prefixes`` by the rules of this module."""
+    """True when ``url`` lies under one of ``prefixes`` by the rules of this module:
+    never for a URL with a look-alike of a dot segment or of a separator (``..;/``,
+    ``%2e``, ``%252e``, ``%2f``, ``%5c``, fullwidth dots, ``;`` parameters, non-ASCII),
+    which a token URL has no reason to contain."""
     try:
         scheme, host, port, raw = split_url(url, "tokenURL")
     except InvalidTokenURL:
