@@ -148,7 +148,7 @@ def test_retry_after_of_any_text_is_none_or_within_the_cap(value: str) -> None:
 @pytest.mark.parametrize("header", [b"9" * 400, b"9" * 5000, "\u00b2".encode()])
 async def test_a_bad_retry_after_stays_inside_the_endpoint_error(header: bytes) -> None:
     def handle(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(503, headers={"Retry-After": header})
+        return httpx.Response(503, headers={b"Retry-After": header})
 
     endpoint = TokenEndpoint(
         "https://accounts.example/token", transport=httpx.MockTransport(handle)
