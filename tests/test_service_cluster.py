@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from itcare_operator.settings import Settings
 from tests.fake_kube import (
     ALLOWED,
@@ -130,3 +132,55 @@ async def test_a_restart_of_the_cluster_kind_costs_no_token_and_no_write() -> No
         "set_cluster_finalizers",
     }
     assert writes == set()
+
+
+# -- issue 22, finding 11: only owned copies are ever deleted ----------------------------
+def lookalike(ns: str, owner_uid: str | None, name: str = "lookalike") -> dict[str, Any]:
+    """A Secret a tenant labelled as a copy of ``org``: labels alone prove nothing."""
+    annotations = {"itcare.cegedim.cloud/owner-uid": owner_uid} if owner_uid else {}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {
+                "app.kubernetes.io/managed-by": "itcare-token-operator",
+                "itcare.cegedim.cloud/cluster-credential": "org",
+            },
+            "annotations": annotations,
+        },
+        "data": {"mine": "eA=="},
+    }
+
+
+UNOWNED = ["uid-of-someone-else", None]
+
+
+@pytest.mark.parametrize("owner_uid", UNOWNED, ids=["other-owner-uid", "no-owner-uid"])
+async def test_an_unowned_labelled_secret_survives_its_namespace_leaving(
+    owner_uid: str | None,
+) -> None:
+    op, kube, _clock, _tokens = await started()
+    kube.put("team-a2", lookalike("team-a2", owner_uid))
+    kube.put("team-a2", lookalike("team-a2", owner_uid, "itcare-token-old"))
+    await op.advance(1)  # the operator sees them through its label watch
+    kube.apply_namespace("team-a2", {})  # leaves the selection
+    await op.advance(1)
+    assert copies(kube) == {"team-a1"}  # our copy there was removed ...
+    for name in ("lookalike", "itcare-token-old"):  # ... not these
+        assert ("team-a2", name) in kube.secrets, f"unowned Secret {name} deleted"
+        assert kube.secrets[("team-a2", name)]["data"] == {"mine": "eA=="}
+
+
+@pytest.mark.parametrize("owner_uid", UNOWNED, ids=["other-owner-uid", "no-owner-uid"])
+async def test_finalization_deletes_only_owned_copies(owner_uid: str | None) -> None:
+    op, kube, _clock, _tokens = await started()
+    for ns in ("team-a1", "other"):
+        kube.put(ns, lookalike(ns, owner_uid))
+    kube.take_pending()  # unseen by the watch: only finalize's own listing finds them
+    kube.delete_cluster_credential("org")
+    await op.advance(1)
+    assert "org" not in kube.cluster_credentials  # finalized
+    assert copies(kube) == set()
+    for ns in ("team-a1", "other"):
+        assert (ns, "lookalike") in kube.secrets, f"unowned Secret in {ns} deleted"
+        assert kube.secrets[(ns, "lookalike")]["data"] == {"mine": "eA=="}
