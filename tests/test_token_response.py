@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 
@@ -15,8 +16,10 @@ from itcare_operator.token import ClientCredentials, Token, fingerprint, format_
 from itcare_operator.token_endpoint import TokenEndpoint
 from itcare_operator.token_response import (
     MAX_RETRY_AFTER,
+    WITHHELD,
     parse_retry_after,
     parse_token_response,
+    scrub,
 )
 
 NOW = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
@@ -175,3 +178,24 @@ def test_time_round_trip() -> None:
         parse_time("2026-11-28T10:00:00")
     with pytest.raises(ValueError):
         parse_time("tomorrow")
+
+
+SECRET = "s3cr&t/+=x y%-long-enough"
+
+
+@pytest.mark.parametrize("prefix", [b"", b"a", b"ab", b"abc", b"client-id:"])
+@pytest.mark.parametrize("suffix", [b"", b"!", b"!!", b":tail"])
+@pytest.mark.parametrize("urlsafe", [False, True], ids=["standard", "urlsafe"])
+def test_scrub_finds_a_secret_in_base64_at_every_alignment(
+    prefix: bytes, suffix: bytes, urlsafe: bool
+) -> None:
+    """The secret's Base64 depends on its offset modulo 3 in the encoded bytes: a text
+    with the secret at offset 1 or 2 holds none of the offset-0 encoding."""
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    blob = encode(prefix + SECRET.encode() + suffix).decode()
+    if len(prefix) % 3:
+        assert base64.b64encode(SECRET.encode()).decode()[:-4] not in blob
+    text = f"invalid client, header was Basic {blob} (rejected)"
+    shown = scrub(text, [SECRET])
+    assert shown == WITHHELD
+    assert blob not in shown
