@@ -120,12 +120,12 @@ class FakeKube:
         self.event_log: list[Event] = []
         self.calls: list[tuple[str, str]] = []  # (method, object name)
         self.pending: list[WatchEvent] = []  # watch events not delivered yet
-        self.faults: dict[str, list[KubeError]] = {}
+        self.faults: dict[str, list[Exception]] = {}
         self._rv = itertools.count(100)
         self._uid = itertools.count(1)
 
     # -- test controls ---------------------------------------------------------------
-    def fail(self, method: str, error: KubeError, times: int = 1) -> None:
+    def fail(self, method: str, error: Exception, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` raise ``error`` (before doing anything)."""
         self.faults.setdefault(method, []).extend([error] * times)
 

@@ -13,14 +13,17 @@ from itcare_operator.source_secret import SourceSecretError, credentials_from_se
 from itcare_operator.spec import InvalidSpec, SecretKeys, parse_spec
 from itcare_operator.status import Condition, Observation, render_status
 from itcare_operator.target_secret import (
+    EXPIRES_AT_ANNOTATION,
+    REFRESHED_AT_ANNOTATION,
     Owner,
     desired_secret,
     is_owned,
     needs_write,
-    stored_token,
+    stored_access_token,
+    trusted_token,
     updated_secret,
 )
-from itcare_operator.token import Token
+from itcare_operator.token import Token, digest, format_time, parse_time
 from itcare_operator.token_endpoint import DEFAULT_TOKEN_URL, Grant
 
 NOW = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
@@ -160,7 +163,12 @@ def test_target_secret_round_trip() -> None:
     assert base64.b64decode(desired["data"]["authorization"]) == b"Bearer at-123"
     assert is_owned(desired, "uid-1") and not is_owned(desired, "uid-2")
     assert not needs_write(desired, desired)
-    stored = stored_token(desired, spec.keys)
+    status = {
+        "tokenFingerprint": digest("at-123"),
+        "tokenExpiresAt": format_time(TOKEN.expires_at),
+        "lastRefreshTime": format_time(TOKEN.received_at),
+    }
+    stored = trusted_token(desired, spec.keys, status)
     assert stored is not None
     assert (stored.access_token, stored.expires_at, stored.received_at) == (
         "at-123",
@@ -203,15 +211,71 @@ def test_drift_detection_and_update_keeps_foreign_metadata() -> None:
 
 def test_stored_token_tolerates_garbage() -> None:
     keys = SecretKeys()
-    assert stored_token(None, keys) is None
-    assert stored_token({"data": {"access_token": "!!"}}, keys) is None
-    assert (
-        stored_token({"data": {"access_token": b64("t"), "expires_at": b64("soon")}}, keys) is None
-    )
-    token = stored_token(
-        {"data": {"access_token": b64("t"), "expires_at": b64("2026-11-28T10:20:00Z")}}, keys
-    )
-    assert token is not None and token.received_at < token.expires_at
+    assert stored_access_token(None, keys) is None
+    assert stored_access_token({"data": {"access_token": "!!"}}, keys) is None
+    assert stored_access_token({"data": {"access_token": b64("a b")}}, keys) is None
+    assert stored_access_token({"data": {"access_token": 7}}, keys) is None
+    assert stored_access_token({"data": ["x"]}, keys) is None
+    assert stored_access_token({"data": {"access_token": b64("t" * 70_000)}}, keys) is None
+    assert stored_access_token({"data": {"access_token": b64("t")}}, keys) == "t"
+
+
+POISONED_TIMES = [
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59-23:59",
+    "9999-12-31T23:59:59Z",
+    "0001-01-01T00:00:00+23:59",
+    "soon",
+    "2026-11-28T10:20:00",  # no zone
+    "9" * 5000,
+    "",
+]
+
+
+@pytest.mark.parametrize("poison", POISONED_TIMES)
+def test_a_poisoned_target_secret_neither_raises_nor_changes_the_trusted_expiry(
+    poison: str,
+) -> None:
+    """A tenant edits its target Secret's expiry annotations and key: the stored token
+    is still judged by its digest alone, its expiry comes from the status (item 1 of
+    the shared-cluster issue: these raised OverflowError and stopped the start-up)."""
+    spec = parse_spec(SPEC)
+    desired = desired_secret(spec, OWNER, TOKEN)
+    meta = desired["metadata"]
+    poisoned = {
+        **desired,
+        "metadata": {
+            **meta,
+            "annotations": {
+                **meta["annotations"],
+                EXPIRES_AT_ANNOTATION: poison,
+                REFRESHED_AT_ANNOTATION: poison,
+            },
+        },
+        "data": {**desired["data"], "expires_at": b64(poison)},
+    }
+    status = {
+        "tokenFingerprint": digest("at-123"),
+        "tokenExpiresAt": format_time(TOKEN.expires_at),
+        "lastRefreshTime": format_time(TOKEN.received_at),
+    }
+    token = trusted_token(poisoned, spec.keys, status)
+    assert token is not None and token.expires_at == TOKEN.expires_at
+    # A status that is not ours to trust (or corrupt) proves nothing, and never raises.
+    assert trusted_token(poisoned, spec.keys, {**status, "tokenExpiresAt": poison}) is None
+    assert trusted_token(poisoned, spec.keys, {**status, "tokenFingerprint": "x"}) is None
+    assert trusted_token(poisoned, spec.keys, {**status, "tokenFingerprint": 3}) is None
+
+
+@pytest.mark.parametrize("poison", POISONED_TIMES)
+def test_parse_time_raises_only_value_error(poison: str) -> None:
+    with pytest.raises(ValueError):
+        parse_time(poison)
+
+
+def test_parse_time_accepts_rfc3339() -> None:
+    assert parse_time("2026-11-28T10:20:00Z") == NOW + dt.timedelta(seconds=1200)
+    assert parse_time("2026-11-28T11:20:00+01:00") == NOW + dt.timedelta(seconds=1200)
 
 
 def obs(**kw: Any) -> Observation:

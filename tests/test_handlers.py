@@ -10,6 +10,7 @@ import kopf
 import pytest
 
 from itcare_operator.handlers import NoDiffBase, SecretRouter, register
+from itcare_operator.metrics import Metrics
 from itcare_operator.settings import Settings
 from itcare_operator.source_secret import SOURCE_LABEL
 from itcare_operator.target_secret import CLUSTER_CREDENTIAL_LABEL, MANAGED_BY, MANAGED_BY_LABEL
@@ -103,6 +104,7 @@ def test_copies_go_to_the_cluster_kind_and_api_accounts_to_both() -> None:
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.metrics = Metrics()
         self.controller = Recorder()
         self.cluster = Recorder() if settings.cluster_credentials else None
         self.route = SecretRouter(settings, self.controller, self.cluster)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from itcare_operator.namespaced import Controller
 from itcare_operator.settings import Settings
 from itcare_operator.spec import InvalidSpec, parse_spec
 from itcare_operator.target_secret import trusted_token
-from itcare_operator.token import digest
+from itcare_operator.token import digest, format_time
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
 from tests.fake_kube import URL, Clock, FakeKube, merge_patch, source_secret, token_handler
 
@@ -106,7 +106,6 @@ def refreshed(status: Mapping[str, Any]) -> dict[str, Any]:
 FORGERIES = {
     "token and far expiry": {"token": "forged\r\nX-Injected: 1", "expires": "2099-01-01T00:00:00Z"},
     "printable token, real expiry": {"token": "forged-but-printable"},
-    "real token, far expiry": {"expires": "2099-01-01T00:00:00Z"},
 }
 
 
@@ -153,6 +152,27 @@ async def test_restart_reuses_a_genuine_token_with_the_status_receive_time() -> 
     assert kube.status["tokenFingerprint"] == digest("tok-1")
 
 
+async def test_restart_takes_the_expiry_from_the_status_not_from_an_edited_secret() -> None:
+    """The genuine token with a far expiry written into its Secret: reused (its digest
+    is the status's), with the status's expiry; the Secret is repaired to it."""
+    controller, kube, clock, _requests = setup()
+    await controller.reconcile(controller.credentials[(NS, "billing")])
+    expires = kube.status["tokenExpiresAt"]
+    forged = copy.deepcopy(kube.secrets[(NS, "itcare-token")])
+    forged["data"]["expires_at"] = b64("2099-01-01T00:00:00Z")
+    forged["metadata"]["annotations"]["itcare.cegedim.cloud/expires-at"] = "2099-01-01T00:00:00Z"
+    fresh, kube2, _, requests2 = setup(status=kube.status)
+    fresh._clock = clock
+    kube2.secrets[(NS, "itcare-token")] = copy.deepcopy(forged)
+    fresh.target_secret_event(None, forged)
+    state = fresh.credentials[(NS, "billing")]
+    await fresh.reconcile(state)
+    assert requests2 == [], "the genuine token was not reused"
+    assert state.token is not None and format_time(state.token.expires_at) == expires
+    repaired = kube2.secrets[(NS, "itcare-token")]
+    assert base64.b64decode(repaired["data"]["expires_at"]).decode() == expires
+
+
 def test_trusted_token_needs_the_status_proof() -> None:
     secret = {
         "metadata": {"annotations": {"itcare.cegedim.cloud/expires-at": "2026-11-28T10:20:00Z"}},
@@ -163,7 +183,9 @@ def test_trusted_token_needs_the_status_proof() -> None:
     assert trusted_token(secret, keys, proof) is not None
     assert trusted_token(secret, keys, None) is None
     assert trusted_token(secret, keys, {**proof, "tokenFingerprint": digest("abd")}) is None
-    assert trusted_token(secret, keys, {**proof, "tokenExpiresAt": "2026-11-28T10:20:01Z"}) is None
+    # The expiry is the status's: the Secret's own is never read.
+    later = trusted_token(secret, keys, {**proof, "tokenExpiresAt": "2026-11-28T10:20:01Z"})
+    assert later is not None and format_time(later.expires_at) == "2026-11-28T10:20:01Z"
 
 
 # -- 8. every forced refresh shares one per-credential limit -------------------------------

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from itcare_operator.kube_api import KubeError
 from itcare_operator.runner import Runtime
 from itcare_operator.settings import Settings
+from itcare_operator.target_secret import EXPIRES_AT_ANNOTATION, REFRESHED_AT_ANNOTATION
 from tests.fake_kube import (
     ALLOWED,
     Clock,
@@ -156,3 +159,95 @@ async def test_the_start_up_listing_knows_every_stored_token_before_kopf_lists()
     assert state.token is not None and state.token.access_token == token_in(kube, NS)
     assert len(runtime.controller.sources) == 5
     assert len(tokens.requests) == 1  # the first operator's; none since
+
+
+@pytest.mark.parametrize(
+    "poison", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59-23:59", "9" * 5000]
+)
+async def test_a_poisoned_target_secret_stops_neither_the_start_up_nor_other_namespaces(
+    poison: str,
+) -> None:
+    """Shared-cluster item 1: a tenant writes an unrepresentable instant into its own
+    target Secret's expiry annotations and key; at the next restart the start-up
+    listing completes, its own stored token is still trusted by its digest (the
+    status is ours), and the other namespace's token is reused without a request."""
+    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
+    for ns in (NS, "team-b"):
+        kube.put(ns, source_secret(ns))
+        kube.apply_credential(credential(ns))
+    op = Operator(kube, clock, tokens)
+    await op.start()
+    assert len(tokens.requests) == 2
+    target = kube.secrets[("team-b", "itcare-token")]
+    target["metadata"]["annotations"][EXPIRES_AT_ANNOTATION] = poison
+    target["metadata"]["annotations"][REFRESHED_AT_ANNOTATION] = poison
+    target["data"]["expires_at"] = base64.b64encode(poison.encode()).decode()
+    settings = Settings(allowed_token_urls=(ALLOWED,))
+    runtime = Runtime(settings, kube)  # type: ignore[arg-type]
+    await runtime._prime()
+    for ns in (NS, "team-b"):
+        state = runtime.controller.credentials[(ns, "billing")]
+        assert state.token is not None and state.token.access_token == token_in(kube, ns)
+    assert (
+        runtime.metrics.registry.get_sample_value(
+            "itcare_object_errors_total", {"kind": "Secret", "stage": "listing"}
+        )
+        is None
+    )
+
+
+async def test_an_object_that_breaks_the_routing_is_skipped_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One object whose handling raises (here a Secret whose labels are not a map)
+    is skipped with its name in the log and counted; the listing goes on."""
+    _op, kube, _clock, _tokens = await started()
+    kube.put(
+        "team-z",
+        {
+            **source_secret("team-z", name="odd"),
+            "metadata": {"name": "odd", "namespace": "team-z", "labels": ["not", "a", "map"]},
+        },
+    )
+    runtime = Runtime(Settings(allowed_token_urls=(ALLOWED,)), kube)  # type: ignore[arg-type]
+    await runtime._prime()
+    state = runtime.controller.credentials[(NS, "billing")]
+    assert state.token is not None and state.token.access_token == token_in(kube, NS)
+    errors = runtime.metrics.registry.get_sample_value(
+        "itcare_object_errors_total", {"kind": "Secret", "stage": "listing"}
+    )
+    assert errors == 1.0
+    assert "Secret team-z/odd skipped: unexpected AttributeError" in caplog.text
+
+
+async def test_an_unexpected_error_in_a_reconcile_is_reported_on_that_credential_alone() -> None:
+    """A bug or an input nobody foresaw, raised inside one credential's reconcile:
+    its status says UnexpectedError (no text of the exception), Ready follows the
+    token it holds, it is retried with backoff, and the other credential is served."""
+    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
+    for ns in (NS, "team-b"):
+        kube.put(ns, source_secret(ns))
+        kube.apply_credential(credential(ns))
+    op = Operator(kube, clock, tokens)
+    await op.start()
+    kube.fail("patch_status", RuntimeError("boom: tok-secret-text"), times=1)
+    await op.advance(900)  # both refresh; the first status patch raises
+    statuses = [kube.status_of(ns, "billing") for ns in (NS, "team-b")]
+    broken = [s for s in statuses if condition(s, "Refreshed")["reason"] == "UnexpectedError"]
+    assert len(broken) == 1, statuses
+    status = broken[0]
+    assert condition(status, "Ready")["reason"] == "TokenValid"
+    assert "tok-secret-text" not in str(status) and "boom" not in str(status)
+    assert "RuntimeError" in condition(status, "Refreshed")["message"]
+    errors = op.metrics.registry.get_sample_value(
+        "itcare_object_errors_total", {"kind": "ITCareCredential", "stage": "reconcile"}
+    )
+    assert errors == 1.0
+    spent = len(tokens.requests)
+    await op.advance(600)  # the retry delivers the token it holds: nothing minted
+    assert len(tokens.requests) == spent
+    await op.advance(600)  # the next refresh succeeds
+    for ns in (NS, "team-b"):
+        assert condition(kube.status_of(ns, "billing"), "Refreshed")["reason"] == (
+            "RefreshSucceeded"
+        )

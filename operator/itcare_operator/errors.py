@@ -46,6 +46,7 @@ class Reason(enum.StrEnum):
     TARGET_SECRET_CONFLICT = "TargetSecretConflict"
     INVALID_SPEC = "InvalidSpec"
     SOURCE_NAMESPACE_NOT_ALLOWED = "SourceNamespaceNotAllowed"  # ClusterITCareCredential
+    UNEXPECTED_ERROR = "UnexpectedError"  # a bug or an input nobody foresaw; retried
     # Synced (ClusterITCareCredential) and per-namespace reasons in status.failedNamespaces
     NAMESPACES_SYNCED = "NamespacesSynced"
     NAMESPACES_FAILED = "NamespacesFailed"

@@ -25,12 +25,19 @@ from typing import Any, Protocol
 import kopf
 
 from itcare_operator.fanout import ClusterController
+from itcare_operator.isolation import guarded
 from itcare_operator.kube_api import CLUSTER_PLURAL, GROUP, PLURAL, VERSION, load_config
+from itcare_operator.metrics import Metrics
 from itcare_operator.model import Key
-from itcare_operator.namespaced import Controller
+from itcare_operator.namespaced import KIND, Controller
 from itcare_operator.settings import Settings
 from itcare_operator.source_secret import SOURCE_LABEL
-from itcare_operator.target_secret import CLUSTER_CREDENTIAL_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from itcare_operator.target_secret import (
+    CLUSTER_CREDENTIAL_LABEL,
+    CLUSTER_KIND,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+)
 
 __all__ = ["NoDiffBase", "Operator", "SecretRouter", "connection_info", "register"]
 
@@ -43,6 +50,7 @@ class Operator(Protocol):
     """What the handlers need of the running operator (``runner.Runtime``)."""
 
     settings: Settings
+    metrics: Metrics
     controller: Controller
     cluster: ClusterController | None
     route: SecretRouter
@@ -136,27 +144,33 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(settings)
 
-    route = operator.route
+    errors = operator.metrics.object_errors
+    route = guarded("Secret", "event", operator.route, errors)
 
     @kopf.on.event("v1", "secrets", registry=registry)
     async def secret(type: str | None, body: kopf.Body, **_: Any) -> None:
         route(type, body)
 
+    take_credential = guarded(KIND, "event", operator.controller.credential_event, errors)
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def credential(type: str | None, body: kopf.Body, **_: Any) -> None:
-        operator.controller.credential_event(type, body)
+        take_credential(type, body)
 
     cluster = operator.cluster
     if cluster is None:
         return
 
+    take_cluster = guarded(CLUSTER_KIND, "event", cluster.credential_event, errors)
+    take_namespace = guarded("Namespace", "event", cluster.namespace_event, errors)
+
     @kopf.on.event(GROUP, VERSION, CLUSTER_PLURAL, registry=registry)
     async def cluster_credential(type: str | None, body: kopf.Body, **_: Any) -> None:
-        cluster.credential_event(type, body)
+        take_cluster(type, body)
 
     @kopf.on.event("v1", "namespaces", registry=registry)
     async def namespace(type: str | None, body: kopf.Body, **_: Any) -> None:
-        cluster.namespace_event(type, body)
+        take_namespace(type, body)
 
 
 def connection_info(settings: Settings) -> kopf.ConnectionInfo:

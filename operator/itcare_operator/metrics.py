@@ -78,6 +78,14 @@ class Metrics:
             ["verb", "resource"],
             registry=r,
         )
+        self.object_errors = Counter(
+            "itcare_object_errors_total",
+            "Unexpected errors while handling one object (a watch event, a start-up "
+            "listing item or a reconcile); the object is skipped or retried, the others "
+            "go on. The log line names the object.",
+            ["kind", "stage"],
+            registry=r,
+        )
         self.cluster_namespaces = Gauge(
             "itcare_cluster_credential_namespaces",
             "Namespaces of a ClusterITCareCredential by state (selected/synced/failed).",

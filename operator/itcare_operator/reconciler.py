@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from itcare_operator import refresh_policy as policy
 from itcare_operator.errors import CredentialError, FailureKind, Reason, TokenEndpointError
+from itcare_operator.isolation import describe
 from itcare_operator.kube_api import Invalid, KubeError, NotFound
 from itcare_operator.logs import Resource, about, fields
 from itcare_operator.model import (
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 D = TypeVar("D")
 API_RETRY = dt.timedelta(seconds=2)  # after an API error: the server is usually back soon
 STATUS_RETRY = dt.timedelta(seconds=5)
+UNEXPECTED_RETRY = dt.timedelta(seconds=30)
 
 
 class Reconciler(CredentialRegistry[D]):
@@ -66,6 +68,32 @@ class Reconciler(CredentialRegistry[D]):
             except KubeError as exc:
                 self._warn(state, "KubeRequestFailed", "retrying in 2s", exc)
                 self.later(state.key, API_RETRY)
+            except Exception as exc:  # one credential's bug or odd input stops no other
+                await self._unexpected(state, exc)
+
+    async def _unexpected(self, state: CredentialState[D], exc: Exception) -> None:
+        """Report an unforeseen error in the credential's own status (a reason of its
+        own, Ready following the held token's real expiry) and retry with backoff."""
+        self.metrics.object_errors.labels(self.delivery.kind, "reconcile").inc()
+        what = describe(exc)
+        log.error(
+            "%s: reconcile failed: unexpected %s",
+            self._label(state.key),
+            what,
+            extra=fields("ReconcileFailed", Reason.UNEXPECTED_ERROR),
+        )
+        spec = state.spec if isinstance(state.spec, CredentialSpec) else None
+        error = CredentialError(
+            f"unexpected {what} while reconciling (a bug: please report it)",
+            reason=Reason.UNEXPECTED_ERROR,
+        )
+        try:
+            await self._failed(state, spec, Failure(error, kind=FailureKind.TRANSIENT))
+        except Exception as again:  # reporting failed too: at least come back later
+            log.error(
+                "%s: reporting the failure failed: %s", self._label(state.key), describe(again)
+            )
+            self.later(state.key, UNEXPECTED_RETRY)
 
     async def _reconcile(self, state: CredentialState[D]) -> None:
         if await self.delivery.intercept(state):

@@ -22,6 +22,7 @@ from itcare_operator._version import __version__
 from itcare_operator.fanout import ClusterController
 from itcare_operator.handlers import SecretRouter
 from itcare_operator.health import HttpServers
+from itcare_operator.isolation import guarded
 from itcare_operator.kube import KubeClient
 from itcare_operator.kube_api import (
     KubeError,
@@ -34,9 +35,10 @@ from itcare_operator.kube_api import (
 from itcare_operator.leader import LeaseElector, LostLeadership
 from itcare_operator.logs import configure_logging
 from itcare_operator.metrics import Metrics
-from itcare_operator.namespaced import Controller
+from itcare_operator.namespaced import KIND, Controller
 from itcare_operator.registry import CredentialRegistry
 from itcare_operator.settings import Settings
+from itcare_operator.target_secret import CLUSTER_KIND
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
 
 __all__ = ["Runtime", "run_operator"]
@@ -163,23 +165,29 @@ class Runtime:
         while True:
             try:
                 for namespace in self.settings.namespaces or [None]:
-                    await self._list(secrets_path(namespace), self.route)
+                    await self._list(secrets_path(namespace), self.route, "Secret")
                     # The credentials too: kopf relists everything after a restart, and
                     # at 10,000 credentials its delivery took minutes: tokens would
                     # lapse before their credential was known again.
-                    await self._list(credentials_path(namespace), self.controller.credential_event)
+                    await self._list(
+                        credentials_path(namespace), self.controller.credential_event, KIND
+                    )
                 if self.cluster is not None:
-                    await self._list(namespaces_path(), self.cluster.namespace_event)
-                    await self._list(cluster_credentials_path(), self.cluster.credential_event)
+                    await self._list(namespaces_path(), self.cluster.namespace_event, "Namespace")
+                    await self._list(
+                        cluster_credentials_path(), self.cluster.credential_event, CLUSTER_KIND
+                    )
                 break
             except KubeError as exc:
                 log.warning("initial listing failed: %s; retrying in 5 s", exc)
                 await asyncio.sleep(5)
         log.info("initial listing done in %.1f s", time.monotonic() - started)
 
-    async def _list(self, path: str, take: Callable[[str | None, Any], None]) -> None:
+    async def _list(self, path: str, take: Callable[[str | None, Any], None], kind: str) -> None:
         # Page by page: the bodies of one page in memory at a time (peak RSS at
-        # 10,000 credentials), and the event loop free between pages.
+        # 10,000 credentials), and the event loop free between pages. One object's
+        # error skips that object (logged, counted), never the listing.
+        take = guarded(kind, "listing", take, self.metrics.object_errors)
         async for items in self.kube.pages(path):
             for item in items:
                 take(None, item)

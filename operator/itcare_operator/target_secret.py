@@ -28,7 +28,7 @@ __all__ = [
     "desired_secret",
     "is_owned",
     "needs_write",
-    "stored_token",
+    "stored_access_token",
     "trusted_token",
     "updated_secret",
 ]
@@ -44,6 +44,9 @@ CLUSTER_CREDENTIAL_LABEL = "itcare.cegedim.cloud/cluster-credential"
 OWNER_UID_ANNOTATION = "itcare.cegedim.cloud/owner-uid"
 CLUSTER_KIND = "ClusterITCareCredential"
 API_VERSION = "itcare.cegedim.cloud/v1alpha1"
+# Base64 characters of a stored access token worth decoding: far above any token the
+# endpoint issues, far below what a tenant can put into a Secret (1 MiB).
+MAX_STORED_TOKEN = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,34 +173,22 @@ def updated_secret(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> d
     }
 
 
-def stored_token(secret: Mapping[str, Any] | None, keys: SecretKeys) -> Token | None:
-    """The token a target Secret holds, so a restarted operator can reuse it.
+def stored_access_token(secret: Mapping[str, Any] | None, keys: SecretKeys) -> str | None:
+    """The access token a target Secret holds, decoded; None when absent or unusable.
 
-    Expiry comes from our ``expires-at`` annotation, else from the ``expires_at`` key;
-    the receive time from ``refreshed-at`` (else the lifetime is unknown and taken
-    as ending now, which schedules a prompt but not immediate refresh).
-    """
+    Nothing else of the Secret is read: its annotations and other keys are written by
+    whoever can edit it, and are never parsed (see :func:`trusted_token`)."""
     if not secret:
         return None
-    meta = secret.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
     data = secret.get("data") or {}
+    raw = data.get(keys.access_token) if isinstance(data, Mapping) else None
+    if not isinstance(raw, str) or len(raw) > MAX_STORED_TOKEN:
+        return None
     try:
-        access_token = base64.b64decode(data.get(keys.access_token) or "", validate=True).decode()
-        expires_text = (
-            annotations.get(EXPIRES_AT_ANNOTATION)
-            or base64.b64decode(data.get(keys.expires_at) or "", validate=True).decode()
-        )
-        expires_at = parse_time(expires_text)
-        refreshed = annotations.get(REFRESHED_AT_ANNOTATION)
-        received_at = parse_time(refreshed) if refreshed else None
+        access_token = base64.b64decode(raw, validate=True).decode()
     except (binascii.Error, ValueError, UnicodeDecodeError):
         return None
-    if not usable_access_token(access_token):
-        return None
-    if received_at is None or received_at >= expires_at:
-        received_at = expires_at - dt.timedelta(seconds=1)
-    return Token(access_token=access_token, received_at=received_at, expires_at=expires_at)
+    return access_token if usable_access_token(access_token) else None
 
 
 def trusted_token(
@@ -205,23 +196,30 @@ def trusted_token(
 ) -> Token | None:
     """The token a target Secret holds, if it provably is the one the operator wrote.
 
-    Anyone who can edit the Secret can change its token and expiry; only the operator
-    writes the credential's status. The stored token is reused (restart safety) only
-    when its digest and expiry equal ``status.tokenFingerprint`` and
-    ``status.tokenExpiresAt``; its receive time then comes from
-    ``status.lastRefreshTime``, not from the Secret's annotation.
+    Anyone who can edit the Secret can change its token, expiry and annotations; only
+    the operator writes the credential's status. The stored token is reused (restart
+    safety) only when its digest equals ``status.tokenFingerprint``, and that digest is
+    compared before anything else is looked at: the expiry and receive time then come
+    from the status (``tokenExpiresAt``, ``lastRefreshTime``), never from the Secret's
+    annotations or ``expires_at`` key, which are not parsed at all. A status that does
+    not parse (or names an instant Python cannot represent) proves nothing: None.
     """
-    token = stored_token(secret, keys)
-    if token is None or not status:
+    if not status:
         return None
-    if status.get("tokenFingerprint") != digest(token.access_token):
+    fingerprint = status.get("tokenFingerprint")
+    if not isinstance(fingerprint, str) or not fingerprint:
         return None
-    if status.get("tokenExpiresAt") != format_time(token.expires_at):
+    access_token = stored_access_token(secret, keys)
+    if access_token is None or digest(access_token) != fingerprint:
+        return None
+    try:
+        expires_at = parse_time(str(status.get("tokenExpiresAt") or ""))
+    except ValueError:
         return None
     try:
         received_at = parse_time(str(status.get("lastRefreshTime") or ""))
     except ValueError:
-        received_at = token.expires_at - dt.timedelta(seconds=1)
-    if received_at >= token.expires_at:
-        received_at = token.expires_at - dt.timedelta(seconds=1)
-    return dataclasses.replace(token, received_at=received_at)
+        received_at = expires_at
+    if received_at >= expires_at:
+        received_at = expires_at - dt.timedelta(seconds=1)
+    return Token(access_token=access_token, received_at=received_at, expires_at=expires_at)

@@ -25,6 +25,12 @@ __all__ = [
     "usable_access_token",
 ]
 
+# Instants a time text may name: far from datetime's edges, where adding the one-day
+# margins of the refresh policy would overflow.
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
+MAX_TIME_TEXT = 64
+
 DEFAULT_TOKEN_URL = "https://accounts.cegedim.cloud/auth/realms/cloud/protocol/openid-connect/token"
 
 
@@ -131,8 +137,19 @@ def format_time(when: dt.datetime) -> str:
 
 
 def parse_time(text: str) -> dt.datetime:
-    """Parse an RFC 3339 instant; raises ``ValueError`` on anything else."""
-    value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        raise ValueError(f"time without a timezone: {text!r}")
-    return value.astimezone(dt.UTC)
+    """Parse an RFC 3339 instant; raises ``ValueError`` on anything else, an instant
+    outside what ``datetime`` represents in UTC (``9999-12-31T23:59:59-23:59``) and
+    one at its very edges (``0001-01-01``: a second's arithmetic on it overflows)
+    included. Callers catch one exception class."""
+    if len(text) > MAX_TIME_TEXT:
+        raise ValueError("time text too long")
+    try:
+        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        if value.tzinfo is None:
+            raise ValueError("time without a timezone")
+        value = value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("time out of range") from None
+    if not EARLIEST <= value <= LATEST:
+        raise ValueError("time out of range")
+    return value

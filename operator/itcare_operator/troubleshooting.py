@@ -167,6 +167,15 @@ REASONS: dict[str, Entry] = _reasons(
         "to allow that namespace.",
     ),
     Entry(
+        Reason.UNEXPECTED_ERROR,
+        f"{_REFRESHED}; an ERROR log line naming the credential",
+        "An error nobody foresaw (a bug, or an input no rule covers) stopped this "
+        "credential's reconcile. Only this credential is affected; Ready still follows "
+        "the token it holds, and it is retried with backoff.",
+        "Report it with the log line (it names the exception class and the line, never "
+        "its text). Counted in itcare_object_errors_total{stage=\"reconcile\"}.",
+    ),
+    Entry(
         Reason.NAMESPACES_SYNCED,
         "Synced condition (True) (ClusterITCareCredential)",
         "Every selected namespace holds the current token.",
@@ -283,6 +292,14 @@ OPERATOR_FAILURES: tuple[Entry, ...] = (
         "log line (WARNING)",
         "Posting a Kubernetes Event failed; the status and the token are unaffected.",
         "Check events RBAC (create) in the credential's namespace (default for the cluster kind).",
+    ),
+    Entry(
+        "skipped: unexpected",
+        "log line (ERROR)",
+        "One watched object (a Secret, a credential, a Namespace) could not be handled; "
+        "it is skipped and every other object goes on. Counted in "
+        "itcare_object_errors_total{kind, stage}.",
+        "Report it with the log line; look at the named object for content no rule covers.",
     ),
     Entry(
         "reconcile of NS/NAME failed unexpectedly",
