@@ -23,7 +23,7 @@ import httpx
 
 from itcare_operator.fanout import ClusterController
 from itcare_operator.handlers import SecretRouter
-from itcare_operator.kube_api import Conflict, KubeError, NotFound
+from itcare_operator.kube_api import Conflict, NotFound
 from itcare_operator.metrics import Metrics
 from itcare_operator.namespaced import Controller
 from itcare_operator.settings import Settings
