@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 
 from itcare_operator.fanout import ClusterController
-from itcare_operator.handlers import SecretRouter
 from itcare_operator.kube_api import Conflict, NotFound
 from itcare_operator.metrics import Metrics
 from itcare_operator.namespaced import Controller
+from itcare_operator.secret_watch import MANAGED_SELECTOR, SOURCE_SELECTOR, SecretRouter
 from itcare_operator.settings import Settings
 from itcare_operator.source_secret import SOURCE_LABEL
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
@@ -121,6 +121,7 @@ class FakeKube:
         self.calls: list[tuple[str, str]] = []  # (method, object name)
         self.pending: list[WatchEvent] = []  # watch events not delivered yet
         self.faults: dict[str, list[Exception]] = {}
+        self.listed_accepts: list[str] = []  # Accept of every list_page
         self._rv = itertools.count(100)
         self._uid = itertools.count(1)
 
@@ -205,11 +206,7 @@ class FakeKube:
         return [reason for _type, reason in self.events]
 
     # -- Secrets ---------------------------------------------------------------------
-    async def pages(
-        self, path: str, accept: str = "application/json"
-    ) -> AsyncIterator[list[dict[str, Any]]]:
-        """A paged list (two per page, to exercise paging) of the path's kind."""
-        self._call("list", path)
+    def _listed(self, path: str, selector: str | None) -> list[dict[str, Any]]:
         parts = path.strip("/").split("/")
         namespace = parts[parts.index("namespaces") + 1] if "namespaces" in parts[:-1] else None
         store: Mapping[Any, dict[str, Any]] = {
@@ -218,13 +215,54 @@ class FakeKube:
             "clusteritcarecredentials": self.cluster_credentials,
             "namespaces": self.namespaces,
         }[parts[-1]]
-        items = [
+        return [
             copy.deepcopy(obj)
             for obj in store.values()
-            if namespace is None or obj["metadata"].get("namespace") == namespace
+            if (namespace is None or obj["metadata"].get("namespace") == namespace)
+            and (not selector or selects(selector, obj["metadata"].get("labels") or {}))
         ]
+
+    async def pages(
+        self, path: str, accept: str = "application/json", selector: str | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """A paged list (two per page, to exercise paging) of the path's kind."""
+        self._call("list", path)
+        items = self._listed(path, selector)
         for start in range(0, max(len(items), 1), 2):
             yield items[start : start + 2]
+
+    async def list_page(
+        self,
+        path: str,
+        *,
+        accept: str = "application/json",
+        selector: str | None = None,
+        cont: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of two; ``accept`` for metadata only keeps the metadata."""
+        self._call("list", path)
+        items = self._listed(path, selector)
+        start = int(cont or 0)
+        page = items[start : start + 2]
+        if "PartialObjectMetadata" in accept:
+            page = [{"metadata": item["metadata"]} for item in page]
+        meta: dict[str, Any] = {"resourceVersion": str(next(self._rv))}
+        if start + 2 < len(items):
+            meta["continue"] = str(start + 2)
+        self.listed_accepts.append(accept)
+        return {"items": page, "metadata": meta}
+
+    async def watch(
+        self,
+        path: str,
+        resource_version: str,
+        *,
+        selector: str | None = None,
+        accept: str = "application/json",
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The service tier delivers watch events itself (Operator.deliver)."""
+        raise AssertionError("the service tier delivers watch events itself")
+        yield {}  # an async generator
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         self._call("get_secret", name)
@@ -498,7 +536,13 @@ class Operator:
             if self.settings.cluster_credentials
             else None
         )
-        self.route = SecretRouter(self.settings, self.controller, self.cluster)
+        registries: list[Any] = [self.controller, *([self.cluster] if self.cluster else [])]
+        self.route = SecretRouter(
+            self.controller.sources, registries, self.controller, self.cluster
+        )
+        # Which of the operator's two Secret selectors each Secret matched last: one
+        # that stops matching is DELETED for that watch, as the API server reports it.
+        self._selected: dict[str, set[Key]] = {"source": set(), "managed": set()}
 
     async def start(self, *, targets_first: bool = True) -> None:
         """The start-up listings (type None), then the first reconciles."""
@@ -540,7 +584,23 @@ class Operator:
         return len(events)
 
     def _secret(self, type_: str | None, secret: dict[str, Any]) -> None:
-        self.route(type_, copy.deepcopy(secret))  # as kopf's one Secret watch does
+        """One Secret event, as the operator's label-selected watches deliver it."""
+        meta = secret.get("metadata") or {}
+        where = (meta.get("namespace", ""), meta.get("name", ""))
+        labels = meta.get("labels") or {}
+        if not self.settings.require_source_label:
+            self.route.touched(type_, {"metadata": copy.deepcopy(meta)})
+        watches = [("managed", MANAGED_SELECTOR, self.route.managed)]
+        if self.settings.require_source_label:
+            watches.append(("source", SOURCE_SELECTOR, self.route.source))
+        for name, selector, take in watches:
+            seen = self._selected[name]
+            if type_ != "DELETED" and selects(selector, labels):
+                seen.add(where)
+                take(type_, copy.deepcopy(secret))
+            elif where in seen:
+                seen.discard(where)
+                take("DELETED", copy.deepcopy(secret))
 
     async def run(self, *, echoes: bool = True) -> list[object]:
         """Deliver echoes (unless told not to) and run what is due, until quiet."""
@@ -621,3 +681,8 @@ def token_handler(counter: list[int]) -> httpx.MockTransport:
         )
 
     return httpx.MockTransport(handle)
+
+
+def feed_source(controller: Controller, type_: str | None, secret: Mapping[str, Any]) -> None:
+    """An API account Secret event, as the operator's source watch routes it."""
+    SecretRouter(controller.sources, [controller], controller, None).source(type_, secret)

@@ -1,16 +1,21 @@
-"""KubeClient against the real API server: paths, bodies, merge patches and the error
-mapping that the controllers rely on (NotFound, Conflict, KubeError without bodies)."""
+"""KubeClient against the real API server: paths, bodies, merge patches, the error
+mapping that the controllers rely on (NotFound, Conflict, KubeError without bodies),
+and the label-selected Secret watches (selection, label removal; the 410 relist is
+unit-tested: a fresh etcd replays old versions instead of answering 410)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import kubernetes
 import pytest
 
-from itcare_operator.kube import KubeClient
+from itcare_operator.kube import KubeClient, connect
 from itcare_operator.kube_api import Conflict, KubeError, NotFound, credentials_path, secrets_path
+from itcare_operator.secret_watch import Reflector
 from tests.environment import Environment
 from tests.testenv import GROUP, PLURAL, VERSION
 
@@ -20,13 +25,14 @@ SECRET_VALUE = "kube-client-secret-value"
 
 
 @pytest.fixture
-def kube(testenv: Environment) -> KubeClient:
-    config = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(str(testenv.kubeconfig), client_configuration=config)
+async def kube(testenv: Environment) -> AsyncIterator[KubeClient]:
     calls: list[tuple[str, str]] = []
-    client = KubeClient(config, threads=4, on_call=lambda verb, res: calls.append((verb, res)))
+    client = await connect(
+        str(testenv.kubeconfig), on_call=lambda verb, res: calls.append((verb, res))
+    )
     client.calls = calls  # type: ignore[attr-defined]
-    return client
+    yield client
+    await client.aclose()
 
 
 def secret(name: str, value: str = SECRET_VALUE, **meta: Any) -> dict[str, Any]:
@@ -75,7 +81,6 @@ async def test_secret_lifecycle_and_errors(kube: KubeClient, namespace: str) -> 
         await kube.create_secret(namespace, secret("Not_A_Valid_Name"))
     assert invalid.value.status == 422 and SECRET_VALUE not in str(invalid.value)
     assert ("create", "secrets") in kube.calls  # type: ignore[attr-defined]
-    kube.close()
 
 
 async def test_status_merge_patch(
@@ -99,39 +104,64 @@ async def test_status_merge_patch(
     await kube.patch_status(namespace, "c", {"consecutiveFailures": None})  # merge: removed
     status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "c")["status"]
     assert status == {"summaryReason": "One"}
-    kube.close()
 
 
-async def test_unreachable_server_is_a_kube_error(testenv: Environment) -> None:
-    config = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(str(testenv.kubeconfig), client_configuration=config)
-    config.host = "https://127.0.0.1:9"  # nothing listens there
-    config.retries = False
-    kube = KubeClient(config, threads=1)
-    with pytest.raises(KubeError, match="API server unreachable"):
-        await kube.get_secret("default", "x")
-    kube.close()
-
-
-async def test_list_objects_reads_every_page(
-    kube: KubeClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+async def test_unreachable_server_is_a_kube_error_naming_the_server(
+    testenv: Environment,
 ) -> None:
-    """The start-up listing (restart safety) must hold every Secret, however many
-    pages the API server splits it into."""
+    kube = await connect(str(testenv.kubeconfig))
+    kube.server = "https://127.0.0.1:9"  # nothing listens there
+    with pytest.raises(KubeError, match=r"API server https://127\.0\.0\.1:9 unreachable"):
+        await kube.get_secret("default", "x")
+    await kube.aclose()
+
+
+async def test_pages_read_every_page_through_a_selector(kube: KubeClient, namespace: str) -> None:
+    """The start-up listing (restart safety) must hold every selected Secret, however
+    many pages the API server splits it into, and no other."""
     for i in range(7):
-        await kube.create_secret(namespace, secret(f"p{i}"))
-    calls: list[str] = []
-    kube.on_call = lambda verb, resource: calls.append(verb)
-    request = kube.request
+        await kube.create_secret(namespace, secret(f"p{i}", labels={"sel": "yes"}))
+    await kube.create_secret(namespace, secret("other"))
+    pages = []
+    cont = None
+    while True:
+        page = await kube.list_page(secrets_path(namespace), selector="sel=yes", cont=cont)
+        pages.append(sorted(s["metadata"]["name"] for s in page["items"]))
+        cont = page["metadata"].get("continue")
+        if not cont:
+            break
+    assert sorted(n for p in pages for n in p) == [f"p{i}" for i in range(7)]
+    listed = [s async for items in kube.pages(credentials_path(namespace)) for s in items]
+    assert listed == []
 
-    async def small_pages(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        if kwargs.get("params", {}).get("limit"):
-            kwargs["params"] = {**kwargs["params"], "limit": "3"}
-        return await request(*args, **kwargs)
 
-    monkeypatch.setattr(kube, "request", small_pages)
-    listed = await kube.list_objects(secrets_path(namespace))
-    names = sorted(s["metadata"]["name"] for s in listed)
-    assert names == [f"p{i}" for i in range(7)] and len(calls) == 3
-    assert await kube.list_objects(credentials_path(namespace)) == []
-    kube.close()
+async def test_a_selected_watch_sees_only_its_secrets_and_a_lost_label_as_deleted(
+    kube: KubeClient, namespace: str
+) -> None:
+    seen: list[tuple[str | None, str]] = []
+    reflector = Reflector(
+        kube,
+        secrets_path(namespace),
+        lambda t, o: seen.append((t, o["metadata"]["name"])),
+        selector="sel=yes",
+    )
+    await kube.create_secret(namespace, secret("before", labels={"sel": "yes"}))
+    await reflector.list()
+    task = asyncio.create_task(reflector.run())
+    await kube.create_secret(namespace, secret("mine", labels={"sel": "yes"}))
+    await kube.create_secret(namespace, secret("foreign", labels={"sel": "no"}))
+    mine = await kube.get_secret(namespace, "mine")
+    assert mine is not None
+    mine["metadata"]["labels"] = {"sel": "no"}
+    await kube.replace_secret(namespace, mine)  # stops matching: DELETED
+    await _until(lambda: ("DELETED", "mine") in seen)
+    task.cancel()
+    assert seen == [(None, "before"), ("ADDED", "mine"), ("DELETED", "mine")]
+
+
+async def _until(done: Callable[[], bool], timeout: float = 20.0, what: object = None) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done():
+        assert loop.time() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.05)

@@ -31,7 +31,7 @@ from itcare_operator.namespaced import Controller
 from itcare_operator.settings import Settings
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
 from tests.environment import free_port
-from tests.fake_kube import URL, Clock, FakeKube
+from tests.fake_kube import URL, Clock, FakeKube, feed_source
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "charts" / "itcare-token-operator" / "files" / "grafana-dashboard.json"
@@ -94,7 +94,7 @@ class Operator:
             },
         }
         self.kube.put(NS, secret)
-        self.controller.source_secret_event(None, secret)
+        feed_source(self.controller, None, secret)
 
     def _credential(self, name: str, source: str, *, suspend: bool = False) -> None:
         body = {
@@ -170,7 +170,7 @@ async def test_gauges_the_alerts_read() -> None:
     op.clock.now += dt.timedelta(hours=1)
     await op.reconcile("rejected")
     assert op.sample("itcare_credential_consecutive_failures", "rejected") == 2
-    op.controller.source_secret_event(None, _relabelled(op, "bad-account", GOOD_ID))
+    feed_source(op.controller, None, _relabelled(op, "bad-account", GOOD_ID))
     await op.reconcile("rejected")
     assert op.sample("itcare_credential_consecutive_failures", "rejected") is None
     assert op.sample("itcare_token_lifetime_seconds", "rejected") == 1200

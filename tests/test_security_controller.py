@@ -24,7 +24,15 @@ from itcare_operator.spec import InvalidSpec, parse_spec
 from itcare_operator.target_secret import trusted_token
 from itcare_operator.token import digest, format_time
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
-from tests.fake_kube import URL, Clock, FakeKube, merge_patch, source_secret, token_handler
+from tests.fake_kube import (
+    URL,
+    Clock,
+    FakeKube,
+    feed_source,
+    merge_patch,
+    source_secret,
+    token_handler,
+)
 
 # ``setup`` drives ``Controller.reconcile`` on a credential the fake does not hold, so
 # its status patches are kept in ``kube.status`` (the last one, ``None`` dropped as a
@@ -89,7 +97,7 @@ def setup(
     source = source_secret(NS)
     source["metadata"]["uid"] = "s1"
     kube.put(NS, source)
-    controller.source_secret_event(None, source)  # the watch's initial listing
+    feed_source(controller, None, source)  # the watch's initial listing
     controller.credential_event(None, {**CREDENTIAL, "status": dict(status or {})})
     return controller, kube, clock, requests
 

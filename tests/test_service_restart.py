@@ -199,25 +199,21 @@ async def test_a_poisoned_target_secret_stops_neither_the_start_up_nor_other_nam
 async def test_an_object_that_breaks_the_routing_is_skipped_logged_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """One object whose handling raises (here a Secret whose labels are not a map)
-    is skipped with its name in the log and counted; the listing goes on."""
+    """One object whose handling raises (here a credential whose generation is not a
+    number) is skipped with its name in the log and counted; the listing goes on."""
     _op, kube, _clock, _tokens = await started()
-    kube.put(
-        "team-z",
-        {
-            **source_secret("team-z", name="odd"),
-            "metadata": {"name": "odd", "namespace": "team-z", "labels": ["not", "a", "map"]},
-        },
-    )
+    odd = credential("team-z", name="odd")
+    kube.apply_credential(odd)
+    kube.credentials[("team-z", "odd")]["metadata"]["generation"] = "not-a-number"
     runtime = Runtime(Settings(allowed_token_urls=(ALLOWED,)), kube)  # type: ignore[arg-type]
     await runtime._prime()
     state = runtime.controller.credentials[(NS, "billing")]
     assert state.token is not None and state.token.access_token == token_in(kube, NS)
     errors = runtime.metrics.registry.get_sample_value(
-        "itcare_object_errors_total", {"kind": "Secret", "stage": "listing"}
+        "itcare_object_errors_total", {"kind": "ITCareCredential", "stage": "listing"}
     )
     assert errors == 1.0
-    assert "Secret team-z/odd skipped: unexpected AttributeError" in caplog.text
+    assert "ITCareCredential team-z/odd skipped: unexpected ValueError" in caplog.text
 
 
 async def test_an_unexpected_error_in_a_reconcile_is_reported_on_that_credential_alone() -> None:

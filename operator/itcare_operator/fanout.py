@@ -30,8 +30,8 @@ from itcare_operator.model import (
     CredentialState,
     Failure,
     Key,
-    slim,
     slim_credential,
+    slim_secret,
 )
 from itcare_operator.reconciler import Reconciler, refused_target
 from itcare_operator.secret_write import TargetTaken, write_secret
@@ -134,7 +134,7 @@ class FanoutDelivery(Adapter[Copies]):
         version = meta.get("resourceVersion")
         if cached is not None and (cached.get("metadata") or {}).get("resourceVersion") == version:
             return  # the echo of our own write
-        copies[where] = slim(secret)
+        copies[where] = slim_secret(secret)
         if type_ is not None and state is not None:
             self.registry.wake(state.key)  # edited by someone: repair it
 
@@ -252,7 +252,7 @@ class FanoutDelivery(Adapter[Copies]):
             return str(Reason.INVALID_SPEC), str(refused_target(exc))
         except KubeError as exc:
             return str(Reason.TARGET_WRITE_FAILED), str(exc)
-        copies[(namespace, name)] = slim(written)
+        copies[(namespace, name)] = slim_secret(written)
         return None
 
     async def _remove_unselected(

@@ -1,12 +1,14 @@
-"""kopf at the edge: what the operator watches, and where each event goes.
+"""kopf at the edge: the custom resources and Namespaces, and where each event goes.
 
-kopf lists and watches (in chunks, resuming, relisting after 410 Gone) and calls the
-handlers registered here; they only hand events to the core (:mod:`registry` and
-the delivery adapters), which never calls kopf. They are coroutines: kopf runs plain
-functions in worker threads, and the core lives on the event loop alone. Registered
-at run time on the operator's own registry, so an operator without
-``--cluster-credentials`` does not watch Namespaces or the cluster kind it has no
-RBAC for.
+kopf lists and watches our custom resources (and, for the cluster kind, Namespaces), in
+chunks, resuming, relisting after 410 Gone, and calls the handlers registered here; they
+only hand events to the core (:mod:`registry` and the delivery adapters), which never
+calls kopf. They are coroutines: kopf runs plain functions in worker threads, and the
+core lives on the event loop alone. Registered at run time on the operator's own
+registry, so an operator without ``--cluster-credentials`` does not watch Namespaces or
+the cluster kind it has no RBAC for. Secrets are not watched through kopf: it cannot
+select server-side, and most Secrets of a cluster are not ours (:mod:`secret_watch`
+selects them by label).
 
 Restart safety needs every stored token and API account in memory before the first
 reconcile: the runner lists them once before kopf starts (``Runtime._prime``), not
@@ -19,7 +21,6 @@ core's are aggregated).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 import kopf
@@ -28,18 +29,11 @@ from itcare_operator.fanout import ClusterController
 from itcare_operator.isolation import guarded
 from itcare_operator.kube_api import CLUSTER_PLURAL, GROUP, PLURAL, VERSION, load_config
 from itcare_operator.metrics import Metrics
-from itcare_operator.model import Key
 from itcare_operator.namespaced import KIND, Controller
 from itcare_operator.settings import Settings
-from itcare_operator.source_secret import SOURCE_LABEL
-from itcare_operator.target_secret import (
-    CLUSTER_CREDENTIAL_LABEL,
-    CLUSTER_KIND,
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-)
+from itcare_operator.target_secret import CLUSTER_KIND
 
-__all__ = ["NoDiffBase", "Operator", "SecretRouter", "connection_info", "register"]
+__all__ = ["NoDiffBase", "Operator", "connection_info", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -53,50 +47,10 @@ class Operator(Protocol):
     metrics: Metrics
     controller: Controller
     cluster: ClusterController | None
-    route: SecretRouter
 
     async def start_background(self) -> None: ...
 
     async def stop_background(self) -> None: ...
-
-
-class SecretRouter:
-    """One Secret watch serves three uses: API accounts (labelled, unless the label
-    is not required), the target Secrets and the cluster kind's copies (labelled
-    ``managed-by``). kopf watches a resource once and ANDs the label selectors of a
-    resource, so the OR of these two labels is filtered here. A Secret that stops
-    matching is reported as deleted, as a label-selected watch would."""
-
-    def __init__(
-        self, settings: Settings, controller: Controller, cluster: ClusterController | None
-    ) -> None:
-        self._controller, self._cluster = controller, cluster
-        self._require_label = settings.require_source_label
-        self._managed: set[Key] = set()  # managed Secrets seen, to notice a label removed
-
-    def __call__(self, type_: str | None, secret: Mapping[str, Any]) -> None:
-        meta = secret.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        where = (meta.get("namespace", ""), meta.get("name", ""))
-        controller, cluster = self._controller, self._cluster
-        gone = type_ == "DELETED"
-        source = not gone and (not self._require_label or labels.get(SOURCE_LABEL) == "true")
-        if source or where in controller.sources:
-            kind = type_ if source else "DELETED"
-            controller.source_secret_event(kind, secret)
-            if cluster is not None:
-                cluster.source_secret_event(kind, secret)
-        if not gone and labels.get(MANAGED_BY_LABEL) == MANAGED_BY:
-            self._managed.add(where)
-        elif where in self._managed:
-            self._managed.discard(where)
-            type_ = "DELETED"
-        else:
-            return
-        if cluster is not None and CLUSTER_CREDENTIAL_LABEL in labels:
-            cluster.copy_event(type_, secret)
-        else:
-            controller.target_secret_event(type_, secret)
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -145,12 +99,6 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         return connection_info(settings)
 
     errors = operator.metrics.object_errors
-    route = guarded("Secret", "event", operator.route, errors)
-
-    @kopf.on.event("v1", "secrets", registry=registry)
-    async def secret(type: str | None, body: kopf.Body, **_: Any) -> None:
-        route(type, body)
-
     take_credential = guarded(KIND, "event", operator.controller.credential_event, errors)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)

@@ -34,6 +34,7 @@ __all__ = [
     "should_refresh",
     "slim",
     "slim_credential",
+    "slim_secret",
     "source_fingerprint",
 ]
 
@@ -90,6 +91,14 @@ class CredentialState(Generic[D]):
         token = self.token
         return token if token is not None and token.is_valid(now) else None
 
+    def source_keys(self) -> tuple[str, ...]:
+        """The keys this credential reads of its source Secret (none while its spec
+        is invalid)."""
+        spec = self.spec
+        if isinstance(spec, CredentialSpec):
+            return (spec.client_id_key, spec.client_secret_key)
+        return ()
+
 
 @dataclasses.dataclass(frozen=True)
 class Failure:
@@ -144,7 +153,8 @@ def should_refresh(
     Like cert-manager's ``shouldReissue``: a new token is wanted when one is forced
     (spec, source or annotation change), when none is held or it expired, or when
     the refresh time has come; but never while suspended, never before a pending
-    retry time, never more often than :data:`FORCED_REFRESH_INTERVAL` when only forced,
+    retry time unless forced, never more often than :data:`FORCED_REFRESH_INTERVAL`
+    when forced,
     and never from a URL outside the allowlist. ``state.refresh_at`` is set for any
     held token before this is asked.
     """
@@ -155,12 +165,19 @@ def should_refresh(
     due = state.refresh_at is not None and now >= state.refresh_at
     if not (state.force or not valid or due):
         return Decision(Action.KEEP, wake=state.refresh_at)
-    if state.retry_at is not None and now < state.retry_at:
-        return Decision(Action.BACK_OFF, wake=state.retry_at, next_attempt=state.retry_at)
-    if state.force and valid and not due and state.forced_at is not None:
-        earliest = state.forced_at + FORCED_REFRESH_INTERVAL
-        if now < earliest:
-            return Decision(Action.HOLD, wake=earliest, next_attempt=earliest)
+    # Forced attempts (an edit, a source change, the annotation) share one limit per
+    # credential, held token or not: on a rejected account each edit would otherwise
+    # send a request at once.
+    earliest = state.forced_at + FORCED_REFRESH_INTERVAL if state.forced_at else None
+    forced_now = state.force and (earliest is None or now >= earliest)
+    if state.retry_at is not None and now < state.retry_at and not forced_now:
+        wake = state.retry_at
+        if state.force and earliest is not None and earliest < wake:
+            wake = earliest  # the forced attempt overrides the backoff, once the limit allows
+        return Decision(Action.BACK_OFF, wake=wake, next_attempt=wake)
+    if state.force and valid and not due and not forced_now:
+        assert earliest is not None
+        return Decision(Action.HOLD, wake=earliest, next_attempt=earliest)
     if not url_allowed:
         return Decision(Action.URL_REFUSED)
     return Decision(Action.REFRESH)
@@ -190,16 +207,24 @@ def resumed_refresh_at(
     return max(announced, now) if announced <= latest else fresh
 
 
-def source_fingerprint(secret: Mapping[str, Any] | None) -> str:
-    """A digest of what matters in a source Secret (never logged, never stored)."""
+# Base64 characters of a target Secret's data worth keeping: four keys holding a token
+# (the endpoint's answer is capped far below this) with room to spare.
+MAX_KEPT_DATA = 256 * 1024
+
+
+def source_fingerprint(secret: Mapping[str, Any] | None, keys: tuple[str, ...] = ()) -> str:
+    """A digest of what a credential reads of a source Secret (its identity, label and
+    the values of ``keys``); never logged, never stored. A change elsewhere in the
+    Secret is not a change for that credential."""
     if secret is None:
         return "absent"
     meta = secret.get("metadata") or {}
+    data = secret.get("data") or {}
     material = repr(
         (
             meta.get("uid"),
             (meta.get("labels") or {}).get(SOURCE_LABEL),
-            sorted((secret.get("data") or {}).items()),
+            [(key, data.get(key)) for key in keys],
         )
     )
     return hashlib.sha256(material.encode()).hexdigest()
@@ -209,6 +234,18 @@ def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
     """An object (Secret, credential) without ``managedFields`` (large, never needed)."""
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
     return {**obj, "metadata": meta}
+
+
+def slim_secret(secret: Mapping[str, Any]) -> dict[str, Any]:
+    """A target Secret or copy as kept in memory: without ``managedFields``, and
+    without its data when that is larger than any token we write
+    (:data:`MAX_KEPT_DATA`): anyone who can edit the Secret can fill it up to 1 MiB.
+    Without data it no longer matches what we want, so it is rewritten."""
+    kept = slim(secret)
+    data = kept.get("data")
+    if isinstance(data, Mapping) and sum(len(str(v)) for v in data.values()) > MAX_KEPT_DATA:
+        kept["data"] = {}
+    return kept
 
 
 def slim_credential(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from itcare_operator.model import (
     CredentialState,
     Failure,
     Key,
-    slim,
+    slim_secret,
 )
 from itcare_operator.reconciler import Reconciler
 from itcare_operator.secret_write import TargetTaken, write_secret
@@ -127,7 +127,7 @@ class SecretDelivery(Adapter[Target]):
         elif type_ == "DELETED":
             self._listed.pop(where, None)
         elif type_ is None:  # listed before its credential: keep it for a moment
-            self._listed[where] = slim(secret)
+            self._listed[where] = slim_secret(secret)
 
     def _changed(
         self, state: CredentialState[Target], type_: str | None, secret: Mapping[str, Any]
@@ -155,7 +155,7 @@ class SecretDelivery(Adapter[Target]):
         if token is not None and (state.token is None or token.expires_at > state.token.expires_at):
             state.token = token
             state.out.written_version = (secret.get("metadata") or {}).get("resourceVersion")
-            state.out.current, state.out.reusable = slim(secret), True
+            state.out.current, state.out.reusable = slim_secret(secret), True
 
     # -- a reconcile -------------------------------------------------------------------
     async def prepare(self, state: CredentialState[Target], spec: CredentialSpec) -> Failure | None:
@@ -189,7 +189,7 @@ class SecretDelivery(Adapter[Target]):
         except TargetTaken as exc:
             out.current = exc.current
             raise
-        out.current, out.reusable = slim(written), True
+        out.current, out.reusable = slim_secret(written), True
         out.written_version = (written.get("metadata") or {}).get("resourceVersion")
 
     def where(self, state: CredentialState[Target], spec: CredentialSpec) -> str:
@@ -220,15 +220,6 @@ class Controller(Reconciler[Target]):
     def _adapter(self, settings: Settings, kube: KubeClient, metrics: Metrics) -> SecretDelivery:
         self.targets = SecretDelivery(kube)
         return self.targets
-
-    def source_secret_event(self, type_: str | None, secret: Mapping[str, Any]) -> None:
-        meta = secret.get("metadata") or {}
-        where = (meta.get("namespace", ""), meta.get("name", ""))
-        if type_ == "DELETED":
-            self.sources.pop(where, None)
-        else:
-            self.sources[where] = slim(secret)
-        super().source_secret_event(type_, secret)
 
     def target_secret_event(self, type_: str | None, secret: Mapping[str, Any]) -> None:
         self.targets.target_event(type_, secret)

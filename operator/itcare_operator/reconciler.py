@@ -33,7 +33,7 @@ from itcare_operator.model import (
 )
 from itcare_operator.registry import CredentialRegistry
 from itcare_operator.secret_write import TargetTaken
-from itcare_operator.source_secret import credentials_from_secret
+from itcare_operator.source_secret import credentials_from_secret, keeps
 from itcare_operator.spec import CredentialSpec, InvalidSpec
 from itcare_operator.status import Condition, Observation, ready_condition, status_changed
 from itcare_operator.token import Grant, digest, format_time
@@ -137,9 +137,10 @@ class Reconciler(CredentialRegistry[D]):
             await self._settle(state, spec, wake=decision.wake, next_attempt=decision.next_attempt)
 
     async def _refresh(self, state: CredentialState[D], spec: CredentialSpec) -> None:
-        if state.force:
-            state.forced_at = self._clock()
+        if state.force:  # this attempt answers the forcing: a failure backs off as usual
+            state.forced_at, state.force = self._clock(), False
         where = self.delivery.source_of(state, spec)
+        keys = state.source_keys()
         try:
             source = self.sources.get(where)
             if source is None and not self.settings.require_source_label:
@@ -147,11 +148,15 @@ class Reconciler(CredentialRegistry[D]):
                 # read: one missing there is reported alike whether it exists or not,
                 # without reading it (no existence oracle). Without the label, ask.
                 source = await self.kube.get_secret(*where)
+            elif source is not None and not keeps(source, keys):
+                # Kept without the keys this credential reads (they were named after
+                # the Secret was seen): read it once; the label is checked below.
+                source = await self.kube.get_secret(*where)
         except KubeError as exc:
             missing = CredentialError(str(exc), reason=Reason.SOURCE_SECRET_NOT_FOUND)
             await self._failed(state, spec, Failure(missing, kind=FailureKind.TRANSIENT))
             return
-        state.source_fingerprint = source_fingerprint(source)
+        state.source_fingerprint = source_fingerprint(source, keys)
         started = time.monotonic()  # a duration for the histogram, not a time decision
         try:
             credentials = credentials_from_secret(

@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
-from itcare_operator import model
+from itcare_operator import model, source_secret
 from itcare_operator.delivery import Delivery
 from itcare_operator.kube import KubeClient
 from itcare_operator.logs import Resource, fields
@@ -111,14 +111,14 @@ class CredentialRegistry(Generic[D]):
             return
         was_deleting = state.deleting
         if self._take(state, body):
-            state.force, state.retry_at = True, None
+            state.force = True  # the backoff stays; one forced attempt per interval passes it
             self.wake(key)
         if state.deleting and not was_deleting:
             self.wake(key)
         if request != state.refresh_request:
             state.refresh_request = request
             if request:  # should_refresh applies FORCED_REFRESH_INTERVAL
-                state.force, state.retry_at = True, None
+                state.force = True
                 self.wake(key)
 
     def _take(self, state: CredentialState[D], body: Mapping[str, Any]) -> bool:
@@ -149,11 +149,17 @@ class CredentialRegistry(Generic[D]):
         return len(gone)
 
     def source_secret_event(self, type_: str | None, secret: Mapping[str, Any]) -> None:
+        """An API account Secret changed: refresh the credentials that read it, when
+        what they read of it changed."""
         meta = secret.get("metadata") or {}
         where = (meta.get("namespace", ""), meta.get("name", ""))
-        fingerprint = model.source_fingerprint(None if type_ == "DELETED" else secret)
+        gone = type_ == "DELETED"
         for key in self._by_source.get(where, ()):
             state = self.credentials[key]
+            keys = state.source_keys()
+            if not gone and not source_secret.keeps(secret, keys):
+                continue  # not kept for this credential: its reconcile reads it
+            fingerprint = model.source_fingerprint(None if gone else secret, keys)
             if state.source_fingerprint is None:
                 state.source_fingerprint = fingerprint  # first sight (start-up): no refresh
             elif state.source_fingerprint != fingerprint:
@@ -164,8 +170,22 @@ class CredentialRegistry(Generic[D]):
                         "SourceSecretChanged", resource=Resource(self.delivery.kind, *key)
                     ),
                 )
-                state.force, state.retry_at = True, None
+                state.force = True
                 self.wake(key)
+
+    def source_touched(self, where: Key) -> None:
+        """A Secret some credential reads changed, seen by name only (no label to
+        select API accounts by): wake its readers, whose reconcile reads it again."""
+        for key in self._by_source.get(where, ()):
+            state = self.credentials[key]
+            state.force = True
+            self.wake(key)
+
+    def keys_read(self, where: Key) -> set[str]:
+        """The keys the credentials reading Secret ``where`` take from it."""
+        return {
+            k for key in self._by_source.get(where, ()) for k in self.credentials[key].source_keys()
+        }
 
     def _index(self, state: CredentialState[D], source: Key | None) -> None:
         """Record which source Secret this credential reads (O(1) per source event)."""

@@ -20,23 +20,21 @@ from kopf._core.engines.peering import Identity  # not re-exported; kopf.operato
 from itcare_operator import handlers
 from itcare_operator._version import __version__
 from itcare_operator.fanout import ClusterController
-from itcare_operator.handlers import SecretRouter
 from itcare_operator.health import HttpServers
 from itcare_operator.isolation import guarded
-from itcare_operator.kube import KubeClient
+from itcare_operator.kube import KubeClient, connect
 from itcare_operator.kube_api import (
     KubeError,
     cluster_credentials_path,
     credentials_path,
-    load_config,
     namespaces_path,
-    secrets_path,
 )
 from itcare_operator.leader import LeaseElector, LostLeadership
 from itcare_operator.logs import configure_logging
 from itcare_operator.metrics import Metrics
 from itcare_operator.namespaced import KIND, Controller
 from itcare_operator.registry import CredentialRegistry
+from itcare_operator.secret_watch import SecretRouter, reflectors
 from itcare_operator.settings import Settings
 from itcare_operator.target_secret import CLUSTER_KIND
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
@@ -98,9 +96,21 @@ class Runtime:
             self.cluster = ClusterController(
                 settings, kube, self.endpoints, self.metrics, self.controller.sources
             )
-        self._lag_task: asyncio.Task[None] | None = None
-        self._vanished_task: asyncio.Task[None] | None = None
-        self.route = SecretRouter(settings, self.controller, self.cluster)
+        self._tasks: list[asyncio.Task[None]] = []
+        registries: list[CredentialRegistry[Any]] = [self.controller]
+        if self.cluster is not None:
+            registries.append(self.cluster)
+        self.route = SecretRouter(
+            self.controller.sources, registries, self.controller, self.cluster
+        )
+        errors = self.metrics.object_errors
+        self.secret_watches = reflectors(
+            kube,
+            settings.namespaces,
+            self.route,
+            lambda stage, take: guarded("Secret", stage, take, errors),
+            require_source_label=settings.require_source_label,
+        )
         self.synced = asyncio.Event()  # the initial listing is in memory (see _prime)
         self.stop = asyncio.Event()  # kopf's stop flag: set on shut-down or lost Lease
         self.elector: LeaseElector | None = None
@@ -138,8 +148,11 @@ class Runtime:
             await self.cluster.delete_orphans()  # never judged from a partial listing
             self.cluster.scheduler.start()
         self.synced.set()
-        self._lag_task = asyncio.create_task(self._measure_loop_lag(), name="loop-lag")
-        self._vanished_task = asyncio.create_task(self._forget_vanished(), name="vanished")
+        self._tasks = [
+            asyncio.create_task(self._measure_loop_lag(), name="loop-lag"),
+            asyncio.create_task(self._forget_vanished(), name="vanished"),
+            *(asyncio.create_task(w.run(), name=w.name) for w in self.secret_watches),
+        ]
         log.info(
             "itcare-token-operator %s started (%s%s)",
             __version__,
@@ -151,12 +164,15 @@ class Runtime:
         )
 
     async def _prime(self) -> None:
-        """One listing of the Secrets and the credentials (and, for the cluster kind, of
-        its credentials and the Namespaces) before the first reconcile: every stored
-        token, API account and copy is then known without a GET per credential (restart
-        safety), every credential is reconciled without waiting for kopf's relisting,
-        and orphans are judged against every cluster credential. kopf's watches then deliver
-        everything again and what changed since; the core takes both alike.
+        """One listing of the credentials (and, for the cluster kind, of the Namespaces
+        and its credentials), then of the Secrets the operator needs, before the first
+        reconcile: every stored token, API account and copy is then known without a GET
+        per credential (restart safety), every credential is reconciled without waiting
+        for kopf's relisting, and orphans are judged against every cluster credential.
+        Credentials first, so that an API account Secret is kept with the keys its
+        credentials read. The Secret watches then resume from this listing; kopf's
+        watches deliver the credentials again and what changed since; the core takes
+        both alike.
 
         Not a kopf index: kopf holds every handler until each indexed object has been
         indexed, and that wait wakes every waiting object at each object indexed:
@@ -165,10 +181,9 @@ class Runtime:
         while True:
             try:
                 for namespace in self.settings.namespaces or [None]:
-                    await self._list(secrets_path(namespace), self.route, "Secret")
-                    # The credentials too: kopf relists everything after a restart, and
-                    # at 10,000 credentials its delivery took minutes: tokens would
-                    # lapse before their credential was known again.
+                    # kopf relists everything after a restart, and at 10,000
+                    # credentials its delivery took minutes: tokens would lapse before
+                    # their credential was known again.
                     await self._list(
                         credentials_path(namespace), self.controller.credential_event, KIND
                     )
@@ -177,6 +192,8 @@ class Runtime:
                     await self._list(
                         cluster_credentials_path(), self.cluster.credential_event, CLUSTER_KIND
                     )
+                for watch in self.secret_watches:
+                    await watch.list()
                 break
             except KubeError as exc:
                 log.warning("initial listing failed: %s; retrying in 5 s", exc)
@@ -225,9 +242,9 @@ class Runtime:
             self.metrics.loop_lag.observe(max(0.0, loop.time() - before - period))
 
     async def stop_background(self) -> None:
-        for task in (self._lag_task, self._vanished_task):
-            if task is not None:
-                task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         schedulers = [self.controller.scheduler]
         if self.cluster is not None:
             schedulers.append(self.cluster.scheduler)
@@ -238,7 +255,7 @@ class Runtime:
 
 
 async def _operate(settings: Settings) -> int:
-    kube = KubeClient(load_config(settings.kubeconfig, settings.context), threads=16)
+    kube = await connect(settings.kubeconfig, settings.context)
     runtime = Runtime(settings, kube)
     elector: LeaseElector | None = None
     identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
@@ -255,7 +272,7 @@ async def _operate(settings: Settings) -> int:
             await elector.acquire()
         except BaseException:
             await runtime.http.stop()
-            kube.close()
+            await kube.aclose()
             raise
     registry = kopf.OperatorRegistry()
     handlers.register(registry, runtime)
@@ -291,7 +308,7 @@ async def _operate(settings: Settings) -> int:
                 await holder
         if elector is not None and code == 0:
             await elector.release()
-        kube.close()
+        await kube.aclose()
     return code
 
 

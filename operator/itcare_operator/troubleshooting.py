@@ -173,7 +173,7 @@ REASONS: dict[str, Entry] = _reasons(
         "credential's reconcile. Only this credential is affected; Ready still follows "
         "the token it holds, and it is retried with backoff.",
         "Report it with the log line (it names the exception class and the line, never "
-        "its text). Counted in itcare_object_errors_total{stage=\"reconcile\"}.",
+        'its text). Counted in itcare_object_errors_total{stage="reconcile"}.',
     ),
     Entry(
         Reason.NAMESPACES_SYNCED,
