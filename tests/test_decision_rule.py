@@ -176,3 +176,20 @@ def test_the_rule_reads_the_state_and_changes_nothing() -> None:
     before = repr(st), st.force, st.refresh_at, st.retry_at, st.forced_at
     should_refresh(st, suspended=False, url_allowed=True, now=NOW)
     assert (repr(st), st.force, st.refresh_at, st.retry_at, st.forced_at) == before
+
+
+def test_a_forced_attempt_passes_a_pending_backoff_once_per_interval() -> None:
+    """Shared-cluster item 5: with no valid token, forced attempts share the limit."""
+    interval = FORCED_REFRESH_INTERVAL.total_seconds()
+    rejected = {"token_left": None, "refresh_in": None, "retry_in": 3600.0, "force": True}
+    first = should_refresh(state(**rejected), suspended=False, url_allowed=True, now=NOW)
+    assert first.action is Action.REFRESH
+    again = should_refresh(
+        state(**rejected, forced_ago=3), suspended=False, url_allowed=True, now=NOW
+    )
+    assert again.action is Action.BACK_OFF
+    assert again.wake == NOW + (interval - 3) * S
+    unforced = should_refresh(
+        state(**{**rejected, "force": False}), suspended=False, url_allowed=True, now=NOW
+    )
+    assert unforced.action is Action.BACK_OFF and unforced.wake == NOW + 3600 * S

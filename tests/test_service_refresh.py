@@ -6,6 +6,7 @@ assertions read what the API server holds and what the token endpoint received.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import itertools
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 
 from itcare_operator.kube_api import Conflict
+from itcare_operator.model import REFRESH_ANNOTATION
 from tests.fake_kube import (
     LIFETIME,
     Clock,
@@ -158,3 +160,25 @@ async def test_a_target_deleted_behind_a_stale_cache_is_created_again() -> None:
     await op.advance((refresh_at - clock.now).total_seconds())
     assert len(tokens.requests) == 2  # the new token is written, not re-requested
     assert token_in(kube, NS) == "tok-2"
+
+
+async def test_annotation_edits_on_a_rejected_account_share_the_forced_limit() -> None:
+    """Shared-cluster item 5: 30 refresh requests in 3 s on an account the endpoint
+    rejects sent 31 token requests, each edit clearing the backoff. Now: forced
+    attempts share one limit per credential (10 s), held token or not, and the backoff
+    stays (31 requests before the fix)."""
+    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
+    tokens.answer(*[oauth_error(401, "unauthorized_client")] * 100)
+    kube.put(NS, source_secret(NS))
+    kube.apply_credential(credential(NS))
+    op = Operator(kube, clock, tokens)
+    await op.start()
+    assert len(tokens.requests) == 1
+    for i in range(30):
+        clock.now += dt.timedelta(seconds=0.1)
+        body = kube.credentials[(NS, "billing")]
+        body["metadata"].setdefault("annotations", {})[REFRESH_ANNOTATION] = f"edit-{i}"
+        op.controller.credential_event("MODIFIED", copy.deepcopy(body))
+        await op.run()
+    await op.advance(60)
+    assert len(tokens.requests) <= 3, f"{len(tokens.requests)} requests for 30 edits"
