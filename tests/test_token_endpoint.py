@@ -387,7 +387,9 @@ async def test_rate_limit_holds_at_the_wire_behind_a_slow_endpoint() -> None:
     assert busiest <= rate + burst, f"{busiest} starts in one second"
 
 
-async def test_endpoints_share_one_pool_per_url() -> None:
+async def test_endpoints_share_one_pool_per_origin_and_trust() -> None:
+    """Shared-cluster item 3: every spelling of a URL on one origin shares one
+    client, concurrency cap and rate limit (they multiplied --requests-per-second)."""
     made: list[str] = []
 
     def factory(url: str, ca: str | None) -> TokenEndpoint:
@@ -395,10 +397,55 @@ async def test_endpoints_share_one_pool_per_url() -> None:
         return TokenEndpoint(url)
 
     endpoints = TokenEndpoints(factory)
-    assert endpoints.get("https://a/t") is endpoints.get("https://a/t")
-    assert endpoints.get("https://b/t") is not endpoints.get("https://a/t")
+    realm = "https://accounts.example/auth/realms/cloud/protocol/openid-connect/token"
+    first = endpoints.get(realm)
+    for spelling in (
+        "https://ACCOUNTS.example/auth/realms/cloud/protocol/openid-connect/token",
+        "https://accounts.example:443/auth/realms/cloud/protocol/openid-connect/token",
+        "https://accounts.example:0443/auth/realms/cloud/protocol/openid-connect/token",
+        "https://accounts.example/auth/realms/cloud/x/../protocol/openid-connect/token",
+        "HTTPS://accounts.example/auth/realms/cloud/other",
+    ):
+        assert endpoints.get(spelling) is first, spelling
+    assert endpoints.get("https://accounts.example:8443/t") is not first
+    assert endpoints.get("https://b.example/t") is not first
+    assert endpoints.get(realm, "/ca.pem") is not first  # another trust
+    assert len(endpoints) == 4
     await endpoints.aclose()
-    assert made == ["https://a/t", "https://b/t"]
+    assert made[0] == realm and len(made) == 4
+
+
+async def test_unused_origins_are_closed_once_idle() -> None:
+    endpoints = TokenEndpoints(lambda url, ca: TokenEndpoint(url))
+    a, b = endpoints.get("https://a.example/t"), endpoints.get("https://b.example/t")
+    assert await endpoints.retain([("https://a.example/other", None)], idle=3600) == 0
+    assert await endpoints.retain([("https://a.example/other", None)], idle=0) == 1
+    assert endpoints.get("https://a.example/t") is a
+    assert endpoints.get("https://b.example/t") is not b  # made anew
+    busy = endpoints.get("https://c.example/t")
+    busy.in_flight = 1  # a request under way is never cut
+    assert await endpoints.retain([], idle=0) == 2
+    assert endpoints.get("https://c.example/t") is busy
+    busy.in_flight = 0
+    await endpoints.aclose()
+
+
+async def test_requests_go_to_the_url_asked_not_the_origins_first(
+    keycloak: FakeKeycloak,
+) -> None:
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return httpx.Response(
+            200, json={"access_token": "t", "expires_in": 60, "token_type": "Bearer"}
+        )
+
+    endpoint = TokenEndpoint("https://a.example/one", transport=httpx.MockTransport(handler))
+    await endpoint.obtain(CREDS, url="https://a.example/two")
+    await endpoint.obtain(CREDS)
+    assert paths == ["/two", "/one"]
+    await endpoint.aclose()
 
 
 async def test_no_secret_in_logs(keycloak: FakeKeycloak, caplog: pytest.LogCaptureFixture) -> None:

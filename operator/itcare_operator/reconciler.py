@@ -168,7 +168,11 @@ class Reconciler(CredentialRegistry[D]):
             )
             endpoint = self.endpoints.get(spec.token_url, self.settings.ca_bundle)
             result = await endpoint.obtain(
-                credentials, scope=spec.scope, grant=spec.grant, current=state.token
+                credentials,
+                scope=spec.scope,
+                grant=spec.grant,
+                current=state.token,
+                url=spec.token_url,
             )
         except TokenEndpointError as exc:
             self.metrics.observe_request(time.monotonic() - started, ok=False)

@@ -36,6 +36,7 @@ from itcare_operator.namespaced import KIND, Controller
 from itcare_operator.registry import CredentialRegistry
 from itcare_operator.secret_watch import SecretRouter, reflectors
 from itcare_operator.settings import Settings
+from itcare_operator.spec import CredentialSpec
 from itcare_operator.target_secret import CLUSTER_KIND
 from itcare_operator.token_endpoint import TokenEndpoint, TokenEndpoints
 
@@ -229,6 +230,22 @@ class Runtime:
                     continue
                 if gone := registry.forget_vanished(known, listed):
                     log.info("%d credentials deleted while the watch was down forgotten", gone)
+            await self._evict_endpoints()
+
+    async def _evict_endpoints(self) -> None:
+        """Close the token endpoints of origins no credential names any more."""
+        ca = self.settings.ca_bundle
+        registries: list[CredentialRegistry[Any]] = [self.controller]
+        if self.cluster is not None:
+            registries.append(self.cluster)
+        used = [
+            (state.spec.token_url, ca)
+            for registry in registries
+            for state in registry.credentials.values()
+            if isinstance(state.spec, CredentialSpec)
+        ]
+        if closed := await self.endpoints.retain(used):
+            log.info("%d token endpoints no credential uses closed", closed)
 
     async def _measure_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()

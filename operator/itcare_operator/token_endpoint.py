@@ -40,6 +40,7 @@ from itcare_operator.token_response import (
     parse_token_response,
     scrub,
 )
+from itcare_operator.token_url import InvalidTokenURL, split_url
 
 __all__ = [
     "DEFAULT_TOKEN_URL",
@@ -48,6 +49,7 @@ __all__ = [
     "TokenEndpoint",
     "TokenEndpoints",
     "TokenResult",
+    "origin",
     "parse_retry_after",
     "parse_token_response",
 ]
@@ -55,6 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"itcare-token-operator/{__version__}"
+EVICT_IDLE = 60.0  # seconds an unused origin's endpoint stays open after its last request
 
 Clock = Callable[[], dt.datetime]
 
@@ -114,6 +117,8 @@ class TokenEndpoint:
         clock: Clock = utcnow,
     ) -> None:
         self.url = url
+        self.in_flight = 0  # requests started and not answered (eviction waits for 0)
+        self.last_used = time.monotonic()
         self._total_timeout = total_timeout
         self._clock = clock
         self._semaphore = asyncio.Semaphore(max_concurrent) if max_concurrent else None
@@ -150,8 +155,11 @@ class TokenEndpoint:
         scope: str = "",
         grant: Grant = Grant.CLIENT_CREDENTIALS,
         current: Token | None = None,
+        url: str | None = None,
     ) -> TokenResult:
         """Get a new token: by refresh token when asked and one is usable, else by login.
+        ``url`` is the token URL on this endpoint's origin (default: the one it was made
+        for).
 
         A rejected refresh (``invalid_grant`` or any other refusal or unusable
         answer) falls back to client_credentials at once. An outage does not: the
@@ -164,54 +172,71 @@ class TokenEndpoint:
             and current.refresh_token_usable(self._clock())
         ):
             try:
-                token = await self.refresh(credentials, current.refresh_token, scope=scope)
+                token = await self.refresh(credentials, current.refresh_token, scope=scope, url=url)
             except (RequestRejected, InvalidTokenResponse) as exc:
                 log.info("refresh token not accepted (%s); logging in again", exc.reason)
             else:
                 return TokenResult(token, Grant.REFRESH_TOKEN)
-        token = await self.client_credentials(credentials, scope=scope)
+        token = await self.client_credentials(credentials, scope=scope, url=url)
         return TokenResult(token, Grant.CLIENT_CREDENTIALS)
 
-    async def client_credentials(self, credentials: ClientCredentials, *, scope: str = "") -> Token:
+    async def client_credentials(
+        self, credentials: ClientCredentials, *, scope: str = "", url: str | None = None
+    ) -> Token:
         form = {"grant_type": "client_credentials"}
         if scope:
             form["scope"] = scope
-        return await self._request(credentials, form, secrets=credentials.secrets())
+        return await self._request(credentials, form, credentials.secrets(), url)
 
     async def refresh(
-        self, credentials: ClientCredentials, refresh_token: str, *, scope: str = ""
+        self,
+        credentials: ClientCredentials,
+        refresh_token: str,
+        *,
+        scope: str = "",
+        url: str | None = None,
     ) -> Token:
         """RFC 6749 section 6 refresh; keeps ``refresh_token`` when the answer has none."""
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         if scope:
             form["scope"] = scope
-        token = await self._request(
-            credentials, form, secrets=(*credentials.secrets(), refresh_token)
-        )
+        token = await self._request(credentials, form, (*credentials.secrets(), refresh_token), url)
         if token.refresh_token is None:
             token = dataclasses.replace(token, refresh_token=refresh_token)
         return token
 
     async def _request(
-        self, credentials: ClientCredentials, form: dict[str, str], secrets: Iterable[str]
+        self,
+        credentials: ClientCredentials,
+        form: dict[str, str],
+        secrets: Iterable[str],
+        url: str | None,
     ) -> Token:
         # The slot first, then the bucket: a request that took a bucket token and then
         # queued for a slot would start late, and a slow endpoint would let such requests
         # pile up and leave all at once, above the rate.
-        async with self._semaphore or contextlib.nullcontext():
-            if self._throttle is not None:
-                await self._throttle.acquire()
-            return await self._send(credentials, form, tuple(secrets))
+        self.in_flight += 1
+        self.last_used = time.monotonic()
+        try:
+            async with self._semaphore or contextlib.nullcontext():
+                if self._throttle is not None:
+                    await self._throttle.acquire()
+                return await self._send(credentials, form, tuple(secrets), url or self.url)
+        finally:
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
 
     async def _send(
-        self, credentials: ClientCredentials, form: dict[str, str], secrets: tuple[str, ...]
+        self,
+        credentials: ClientCredentials,
+        form: dict[str, str],
+        secrets: tuple[str, ...],
+        url: str,
     ) -> Token:
         headers = {"Authorization": basic_authorization(credentials)}
         try:
             async with asyncio.timeout(self._total_timeout):
-                async with self._client.stream(
-                    "POST", self.url, data=form, headers=headers
-                ) as resp:
+                async with self._client.stream("POST", url, data=form, headers=headers) as resp:
                     body = await _read_capped(resp)
                     received_at = self._clock()
         except TimeoutError:
@@ -229,23 +254,55 @@ class TokenEndpoint:
 
 
 class TokenEndpoints:
-    """One shared :class:`TokenEndpoint` (and connection pool) per URL and CA bundle."""
+    """One shared :class:`TokenEndpoint` per origin (scheme, host, port) and trust (CA
+    bundle): one connection pool, concurrency cap and rate limit however the URLs on
+    it are spelled (any path under the realm, upper-case host, ``:443``). Endpoints no
+    credential names are closed by :meth:`retain`."""
 
     def __init__(self, factory: Callable[[str, str | None], TokenEndpoint]) -> None:
         self._factory = factory
         self._endpoints: dict[tuple[str, str | None], TokenEndpoint] = {}
 
     def get(self, url: str, ca_bundle: str | None = None) -> TokenEndpoint:
-        key = (url, ca_bundle)
+        """The endpoint of ``url``'s origin (``url`` must be valid: see
+        :func:`token_url.split_url`); the first URL seen on it is its default."""
+        key = (origin(url), ca_bundle)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             endpoint = self._endpoints[key] = self._factory(url, ca_bundle)
         return endpoint
 
+    def __len__(self) -> int:
+        return len(self._endpoints)
+
+    async def retain(self, used: Iterable[tuple[str, str | None]], idle: float = EVICT_IDLE) -> int:
+        """Close the endpoints of origins no ``(url, ca_bundle)`` in ``used`` names,
+        once idle for ``idle`` seconds; the number closed."""
+        keep = {(origin(url), ca) for url, ca in used}
+        now = time.monotonic()
+        doomed = [
+            key
+            for key, endpoint in self._endpoints.items()
+            if key not in keep and endpoint.in_flight == 0 and now - endpoint.last_used >= idle
+        ]
+        for key in doomed:
+            await self._endpoints.pop(key).aclose()
+        return len(doomed)
+
     async def aclose(self) -> None:
         endpoints, self._endpoints = list(self._endpoints.values()), {}
         for endpoint in endpoints:
             await endpoint.aclose()
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a token URL, as compared: lower-case, default port
+    explicit (a URL that does not parse is its own origin: it fails when used)."""
+    try:
+        scheme, host, port, _path = split_url(url, "tokenURL")
+    except InvalidTokenURL:
+        return url
+    return f"{scheme}://{host}:{port}"
 
 
 def ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
