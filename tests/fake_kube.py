@@ -188,16 +188,23 @@ class FakeKube:
 
     def apply_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
         kind = "MODIFIED" if name in self.namespaces else "ADDED"
+        current = self.namespaces.get(name)
         self.namespaces[name] = {
             "metadata": {
                 "name": name,
                 "labels": dict(labels or {}),
-                "uid": self._next_uid(),
+                "uid": current["metadata"]["uid"] if current else self._next_uid(),
                 "resourceVersion": self._next_rv(),
             },
             "status": {"phase": "Active"},
         }
         self._echo(NAMESPACE, kind, self.namespaces[name])
+
+    def delete_namespace(self, name: str) -> None:
+        """The namespace and its Secrets are gone (as once the namespace controller is done)."""
+        for key in [k for k in self.secrets if k[0] == name]:
+            self.remove(*key)
+        self._echo(NAMESPACE, "DELETED", self.namespaces.pop(name))
 
     def status_of(self, ns: str, name: str) -> dict[str, Any]:
         return copy.deepcopy(self.credentials[(ns, name)].get("status") or {})

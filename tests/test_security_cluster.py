@@ -83,7 +83,7 @@ def start(
         rand=lambda: 0.0,
     )
     for ns in NAMESPACES:
-        controller.namespace_event(None, {"metadata": {"name": ns}})
+        controller.namespace_event(None, {"metadata": {"name": ns, "uid": f"uid-{ns}"}})
     for (ns, _name), secret in kube.secrets.items():
         if ns in NAMESPACES:
             controller.copy_event(None, secret)

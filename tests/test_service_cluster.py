@@ -3,6 +3,7 @@ in-memory API server (deletionTimestamp and finalizers as the real one handles t
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -184,3 +185,84 @@ async def test_finalization_deletes_only_owned_copies(owner_uid: str | None) -> 
     for ns in ("team-a1", "other"):
         assert (ns, "lookalike") in kube.secrets, f"unowned Secret in {ns} deleted"
         assert kube.secrets[(ns, "lookalike")]["data"] == {"mine": "eA=="}
+
+
+def listing(*names: str) -> dict[str, Any]:
+    """A credential listing namespaces by name only."""
+    body = cluster_credential(namespaces=list(names))
+    del body["spec"]["namespaceSelector"]
+    return body
+
+
+async def test_a_listed_namespace_created_later_gets_nothing_until_the_credential_is_edited() -> (
+    None
+):
+    """Shared-cluster item 4: a name listed before it exists (a typo, a future team) is
+    not handed to whoever creates that namespace; status names it."""
+    kube, clock, tokens = world()
+    kube.apply_cluster_credential(listing("team-a1", "team-typo"))
+    op = Operator(kube, clock, tokens, SETTINGS)
+    await op.start()
+    assert copies(kube) == {"team-a1"}
+    status = kube.cluster_credentials["org"]["status"]
+    assert status["missingNamespaces"] == ["team-typo"]
+    assert "team-typo" in condition(status, "Synced")["message"]
+    kube.apply_namespace("team-typo")  # whoever may create namespaces claims the name
+    await op.advance(5)
+    assert copies(kube) == {"team-a1"}
+    body = copy.deepcopy(kube.cluster_credentials["org"])
+    body["spec"]["targetSecret"]["labels"] = {"edited": "yes"}  # the owner confirms
+    kube.apply_cluster_credential(body)
+    await op.advance(15)
+    assert copies(kube) == {"team-a1", "team-typo"}
+    assert "missingNamespaces" not in kube.cluster_credentials["org"]["status"]
+
+
+async def test_a_listed_namespace_created_again_gets_nothing_even_after_a_restart() -> None:
+    kube, clock, tokens = world()
+    kube.apply_cluster_credential(listing("team-a1", "team-a2"))
+    op = Operator(kube, clock, tokens, SETTINGS)
+    await op.start()
+    assert copies(kube) == {"team-a1", "team-a2"}
+    pinned = kube.cluster_credentials["org"]["status"]["pinnedNamespaces"]
+    assert set(pinned) == {"team-a1", "team-a2"}
+    kube.delete_namespace("team-a2")
+    await op.advance(1)
+    kube.apply_namespace("team-a2")  # another instance of the name
+    await op.advance(5)
+    assert copies(kube) == {"team-a1"}
+    restarted = Operator(kube, clock, TokenServer(), SETTINGS)
+    await restarted.start()
+    await restarted.advance(5)
+    assert copies(kube) == {"team-a1"}
+    status = kube.cluster_credentials["org"]["status"]
+    assert status["missingNamespaces"] == ["team-a2"]
+
+
+async def test_a_look_alike_copy_wakes_nothing_and_is_not_kept() -> None:
+    """Shared-cluster item 9: a Secret anywhere carrying our labels (and another
+    owner's uid, or none) woke the credential for a full reconcile on every edit and
+    stayed in its copies for good."""
+    op, kube, _clock, _tokens = await started()
+    assert op.cluster is not None
+    for i, owner in enumerate(("someone-else", None)):
+        annotations = {"itcare.cegedim.cloud/owner-uid": owner} if owner else {}
+        kube.put(
+            "team-a1",
+            {
+                "metadata": {
+                    "name": f"look-alike-{i}",
+                    "labels": {
+                        "app.kubernetes.io/managed-by": "itcare-token-operator",
+                        "itcare.cegedim.cloud/cluster-credential": "org",
+                    },
+                    "annotations": annotations,
+                },
+                "data": {"x": "eA=="},
+            },
+        )
+    kube.calls.clear()
+    ran = await op.run()
+    assert ran == []  # no reconcile woken
+    kept = op.cluster.copies.copies.get("org", {})
+    assert not any(name.startswith("look-alike") for _ns, name in kept)

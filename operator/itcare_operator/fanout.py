@@ -17,7 +17,7 @@ import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from itcare_operator import cleanup
 from itcare_operator.cleanup import FINALIZER, CopyKey
@@ -66,6 +66,17 @@ class Copies:
     selected: frozenset[str] = frozenset()
     failed: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     synced: int = 0
+    # Namespaces listed by name: the instance (uid) each was when this generation of the
+    # spec was first reconciled; only that instance gets a copy (see _pin).
+    pins: dict[str, str] = dataclasses.field(default_factory=dict)
+    pinned_generation: int | None = None
+    missing: tuple[str, ...] = ()  # listed names without their pinned instance
+
+
+class Namespace(NamedTuple):
+    labels: Mapping[str, str]
+    terminating: bool
+    uid: str
 
 
 class FanoutDelivery(Adapter[Copies]):
@@ -81,7 +92,7 @@ class FanoutDelivery(Adapter[Copies]):
         self.settings = settings
         self.kube = kube
         self.metrics = metrics
-        self.namespaces: dict[str, tuple[Mapping[str, str], bool]] = {}  # labels, terminating
+        self.namespaces: dict[str, Namespace] = {}
         # Copies by credential name, as last listed, watched or written.
         self.copies: dict[str, dict[CopyKey, Mapping[str, Any]]] = {}
 
@@ -106,13 +117,16 @@ class FanoutDelivery(Adapter[Copies]):
             self.namespaces.pop(name, None)
         else:
             terminating = (namespace.get("status") or {}).get("phase") == "Terminating"
-            self.namespaces[name] = (dict(meta.get("labels") or {}), terminating)
+            self.namespaces[name] = Namespace(
+                dict(meta.get("labels") or {}), terminating, str(meta.get("uid") or "")
+            )
         if type_ is None:
             return  # initial listing: the first reconcile looks at every namespace
         for state in self.registry.credentials.values():
             placement = state.out.placement
-            if placement is not None and (name in state.out.selected) != self._selects(
-                placement, name
+            if placement is not None and (
+                (name in state.out.selected) != self._selects(placement, name, state.out.pins)
+                or name in placement.namespaces
             ):
                 self.registry.wake(state.key)
 
@@ -131,6 +145,17 @@ class FanoutDelivery(Adapter[Copies]):
                 self.registry.wake(state.key)  # deleted by someone: restore it
             return
         cached = copies.get(where)
+        if (
+            type_ is not None
+            and cached is None
+            and (state is None or not is_owned(secret, state.uid))
+        ):
+            # Anyone who can write a Secret can put our labels on it: a look-alike is
+            # neither kept nor a reason to reconcile (only the start-up listing keeps
+            # unowned copies, to judge orphans).
+            if not copies:
+                self.copies.pop(owner, None)
+            return
         version = meta.get("resourceVersion")
         if cached is not None and (cached.get("metadata") or {}).get("resourceVersion") == version:
             return  # the echo of our own write
@@ -138,9 +163,41 @@ class FanoutDelivery(Adapter[Copies]):
         if type_ is not None and state is not None:
             self.registry.wake(state.key)  # edited by someone: repair it
 
-    def _selects(self, placement: ClusterCredentialSpec, namespace: str) -> bool:
+    def _selects(
+        self, placement: ClusterCredentialSpec, namespace: str, pins: Mapping[str, str]
+    ) -> bool:
+        """Selected by labels, or listed by name and still the instance pinned: a
+        namespace deleted and created again by whoever may create namespaces gets no
+        copy until the credential is edited."""
         known = self.namespaces.get(namespace)
-        return known is not None and not known[1] and placement.selects(namespace, known[0])
+        if known is None or known.terminating:
+            return False
+        if placement.selector is not None and placement.selector.matches(known.labels):
+            return True
+        return namespace in placement.namespaces and pins.get(namespace) == known.uid
+
+    def _pin(self, state: CredentialState[Copies], placement: ClusterCredentialSpec) -> None:
+        """The instances of the namespaces listed by name, fixed once per generation of
+        the spec (from the status after a restart): a name that does not exist then,
+        or is created again later, is reported, not delivered to."""
+        out = state.out
+        if out.pinned_generation == state.generation:
+            return
+        sent = state.status_sent or {}
+        stored = sent.get("pinnedNamespaces")
+        if sent.get("observedGeneration") == state.generation and isinstance(stored, dict):
+            out.pins = {
+                str(n): str(u) for n, u in stored.items() if n in placement.namespaces and u
+            }
+        else:
+            out.pins = {
+                name: known.uid
+                for name in placement.namespaces
+                if (known := self.namespaces.get(name)) is not None
+                and not known.terminating
+                and known.uid
+            }
+        out.pinned_generation = state.generation
 
     async def delete_orphans(self) -> int:
         """Delete copies whose ClusterITCareCredential no longer exists (its finalizer
@@ -173,7 +230,23 @@ class FanoutDelivery(Adapter[Copies]):
     async def prepare(self, state: CredentialState[Copies], spec: CredentialSpec) -> Failure | None:
         placement = state.out.placement
         assert placement is not None  # parsed with the spec
-        state.out.selected = frozenset(ns for ns in self.namespaces if self._selects(placement, ns))
+        self._pin(state, placement)
+        pins = state.out.pins
+        state.out.selected = frozenset(
+            ns for ns in self.namespaces if self._selects(placement, ns, pins)
+        )
+        state.out.missing = tuple(
+            sorted(
+                name
+                for name in placement.namespaces
+                if name not in state.out.selected
+                and not (
+                    placement.selector
+                    and name in self.namespaces
+                    and placement.selector.matches(self.namespaces[name].labels)
+                )
+            )
+        )
         await self._remove_unselected(state, spec)
         if placement.source_namespace in self.settings.source_namespaces:
             return None
@@ -266,7 +339,7 @@ class FanoutDelivery(Adapter[Copies]):
             if not is_owned(secret, state.uid):
                 continue
             known = self.namespaces.get(namespace)
-            if known is None or known[1]:
+            if known is None or known.terminating:
                 continue  # the namespace is gone or going: its Secrets go with it
             doomed.append((namespace, name, secret))
         await cleanup.delete_copies(self.kube, state.name, doomed, self.copies)
@@ -287,7 +360,7 @@ class FanoutDelivery(Adapter[Copies]):
         self, state: CredentialState[Copies], obs: Observation, now: dt.datetime
     ) -> dict[str, Any]:
         out = state.out
-        fanout = Fanout(len(out.selected), out.synced, out.failed)
+        fanout = Fanout(len(out.selected), out.synced, out.failed, out.missing, out.pins)
         return render_cluster_status(obs, fanout, state.status_sent, now)
 
     async def patch_status(self, state: CredentialState[Copies], status: Mapping[str, Any]) -> None:

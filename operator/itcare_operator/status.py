@@ -153,6 +153,18 @@ class Fanout:
     selected: int
     synced: int
     failed: Mapping[str, tuple[str, str]]  # namespace -> (reason, message)
+    missing: Sequence[str] = ()  # listed by name, without the instance pinned
+    pinned: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> uid
+
+
+def _missing_note(missing: Sequence[str]) -> str:
+    if not missing:
+        return ""
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return (
+        f"; listed but absent, or created again since the credential was edited "
+        f"(edit it to deliver there): {shown}"
+    )
 
 
 def render_cluster_status(
@@ -176,7 +188,8 @@ def render_cluster_status(
             "Synced",
             True,
             Reason.NAMESPACES_SYNCED,
-            f"{fanout.synced} of {fanout.selected} selected namespaces hold the token",
+            f"{fanout.synced} of {fanout.selected} selected namespaces hold the token"
+            + _missing_note(fanout.missing),
         )
     old = (previous or {}).get("conditions") or []
     status["conditions"].append(_condition_dict(synced, old, obs.generation, now))
@@ -189,4 +202,8 @@ def render_cluster_status(
         {"namespace": ns, "reason": reason, "message": message[:256]}
         for ns, (reason, message) in failed[:MAX_FAILED_NAMESPACES]
     ]
+    # Listed by name but absent, or created again since this generation was first
+    # reconciled: no copy goes there until the credential is edited.
+    status["missingNamespaces"] = list(fanout.missing[:MAX_FAILED_NAMESPACES]) or None
+    status["pinnedNamespaces"] = dict(sorted(fanout.pinned.items())) or None
     return status
