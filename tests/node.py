@@ -441,7 +441,9 @@ def secret_token(core: kubernetes.client.CoreV1Api, namespace: str) -> tuple[str
 
 class SecretWatcher:
     """Polls the target Secret from the host (5 times a second): when each token was
-    written, and whether an expired token was ever there."""
+    written, and whether an expired token was ever there. It sees only what is written
+    while it runs: a writer that may still write (an operator pod, even terminating)
+    must be gone, and :meth:`sync` called, before ``writes[-1]`` is the last token."""
 
     def __init__(self, core: kubernetes.client.CoreV1Api, namespace: str) -> None:
         self.core, self.namespace = core, namespace
@@ -449,6 +451,8 @@ class SecretWatcher:
         self.expired_seen: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._polled = threading.Condition()
+        self._polls = 0  # polls completed
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -461,7 +465,18 @@ class SecretWatcher:
                         self.writes.append((now, fp, expiry))
                     if expiry <= now:
                         self.expired_seen.append((now, expiry))
+                with self._polled:  # a poll that failed read nothing: not counted
+                    self._polls += 1
+                    self._polled.notify_all()
             self._stop.wait(0.2)
+
+    def sync(self, timeout: float = 30) -> None:
+        """Return once a poll that began after this call has read the Secret: every
+        write made before the call is then in ``writes``."""
+        with self._polled:
+            target = self._polls + 2  # the poll under way may have read before the call
+            if not self._polled.wait_for(lambda: self._polls >= target, timeout):
+                raise AssertionError(f"the Secret watcher made no poll in {timeout:.0f}s")
 
     def __enter__(self) -> SecretWatcher:
         self._thread.start()

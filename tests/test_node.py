@@ -526,14 +526,22 @@ def test_upgrade_keeps_tokens_valid_and_uninstall_keeps_the_secret(
         )
         assert new.metadata.uid != old.metadata.uid
         time.sleep(LIFETIME)  # a refresh by the new pod
-    assert not watcher.expired_seen, watcher.expired_seen
-    assert len(watcher.writes) >= 2, "no refresh after the upgrade"
-    assert restarts(new) == 0
+        assert not watcher.expired_seen, watcher.expired_seen
+        assert len(watcher.writes) >= 2, "no refresh after the upgrade"
+        assert restarts(new) == 0
 
-    helm("uninstall", release, "--namespace", system, "--wait")
-    wait_for("the operator pods gone", lambda: not operator_pods(core, system), 60)
+        # The operator refreshes every 30-35 s and keeps doing so until its process
+        # ends, a refresh under way even after SIGTERM (runner.DRAIN_GRACE): the token
+        # it leaves is the last one written before its pod is gone, so the watch goes
+        # on until then, and one poll after it.
+        helm("uninstall", release, "--namespace", system, "--wait")
+        wait_for("the operator pods gone", lambda: not operator_pods(core, system), 60)
+        watcher.sync()
+        last = watcher.writes[-1]
     # As the chart README says: the CRD (crds.keep), the credential and its Secret stay.
     kubectl("get", f"crd/{PLURAL}.{GROUP}")
     custom.get_namespaced_custom_object(GROUP, VERSION, team, PLURAL, "app")
     kept = secret_token(core, team)
-    assert kept is not None and kept[0] == watcher.writes[-1][1]
+    assert kept is not None and kept[0] == last[1], (
+        f"the Secret changed after the operator was gone: {kept} after {watcher.writes[-3:]}"
+    )
