@@ -311,3 +311,18 @@ def test_status_ready_semantics_and_stable_transition_times() -> None:
     suspended = render_status(obs(suspended=True), None, NOW)
     assert suspended["conditions"][0]["reason"] == "Suspended"
     assert all(c["observedGeneration"] == 2 for c in first["conditions"])
+
+
+def test_target_secret_expires_at_key_holds_the_expiry_not_the_receive_time() -> None:
+    """Consumers read the ``expires_at`` data key to know when to stop using the token."""
+    keys = {"accessToken": "tok", "tokenType": "kind", "expiresAt": "until", "authorization": "h"}
+    spec = parse_spec({**SPEC, "targetSecret": {"name": "tok", "keys": keys}})
+    desired = desired_secret(spec, OWNER, TOKEN)
+    data, annotations = desired["data"], desired["metadata"]["annotations"]
+    assert annotations[EXPIRES_AT_ANNOTATION] == "2026-11-28T10:20:00Z"
+    assert annotations[REFRESHED_AT_ANNOTATION] == "2026-11-28T10:00:00Z"
+    assert set(data) == {"tok", "kind", "until", "h"}
+    assert base64.b64decode(data["until"]).decode() == "2026-11-28T10:20:00Z"
+    assert base64.b64decode(data["tok"]).decode() == "at-123"
+    assert base64.b64decode(data["kind"]).decode() == "Bearer"
+    assert base64.b64decode(data["h"]).decode() == "Bearer at-123"
