@@ -40,7 +40,8 @@ def main() -> None:
             f"| {row['scenario']} | {row['fault']} | {row['expected']} | {row['observed']} "
             f"| {row['requests']} | {row['token_gap_s']} |"
         )
-    OUT.write_text("\n".join(lines) + "\n")
+    hostile = OUT.parent / "hostile-input.md"
+    OUT.write_text("\n".join(lines) + "\n\n" + hostile.read_text())
 
 
 if __name__ == "__main__":
