@@ -617,6 +617,9 @@ class Operator:
             now = list(await self.controller.scheduler.run_due())
             if self.cluster is not None:
                 now += await self.cluster.scheduler.run_due()
+            await self.controller.drain_events()
+            if self.cluster is not None:
+                await self.cluster.drain_events()
             ran += now
             if not now and not delivered:
                 return ran

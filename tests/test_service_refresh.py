@@ -15,6 +15,7 @@ import httpx
 
 from itcare_operator.kube_api import Conflict
 from itcare_operator.model import REFRESH_ANNOTATION
+from itcare_operator.status import FAILING_STATUS_INTERVAL, only_attempt_details_changed
 from tests.fake_kube import (
     LIFETIME,
     Clock,
@@ -182,3 +183,37 @@ async def test_annotation_edits_on_a_rejected_account_share_the_forced_limit() -
         await op.run()
     await op.advance(60)
     assert len(tokens.requests) <= 3, f"{len(tokens.requests)} requests for 30 edits"
+
+
+async def test_a_failing_credential_patches_its_status_on_changes_and_at_most_every_30_s() -> None:
+    """Hot-path issue: each failed attempt changed only its count, times and message,
+    and each was a status patch. Now a reason or readiness change is patched at once,
+    attempt details at most every FAILING_STATUS_INTERVAL; the Event follows the
+    status patch."""
+    clock, tokens = Clock(), TokenServer()
+    patches: list[tuple[dt.datetime, dict[str, Any]]] = []
+
+    class Timed(FakeKube):
+        async def patch_status(self, namespace: str, name: str, status: Any) -> None:
+            patches.append((clock.now, dict(status)))
+            await super().patch_status(namespace, name, status)
+
+    kube = Timed()
+    kube.put(NS, source_secret(NS))
+    kube.apply_credential(credential(NS))
+    op = Operator(kube, clock, tokens)
+    await op.start()
+    tokens.answer(*[httpx.Response(503)] * 1000)
+    patches.clear()
+    kube.calls.clear()
+    await op.advance(LIFETIME)  # the refresh fails, then every retry until expiry and on
+    attempts = len(tokens.requests) - 1
+    assert attempts >= 8 and len(patches) < attempts, (attempts, len(patches))
+    for (before, old), (after, new) in itertools.pairwise(patches):
+        if only_attempt_details_changed(new, old):
+            assert after - before >= FAILING_STATUS_INTERVAL, (before, after)
+    status = kube.status_of(NS, "billing")
+    assert condition(status, "Ready")["reason"] == "TokenExpired"  # on time
+    assert status["consecutiveFailures"] == attempts  # what waited was written
+    first_event = [m for m, _ in kube.calls].index("create_event")
+    assert "patch_status" in [m for m, _ in kube.calls[:first_event]]

@@ -75,6 +75,8 @@ class CredentialState(Generic[D]):
     last_refresh: dt.datetime | None = None
     refreshed: Condition | None = None
     status_sent: dict[str, Any] | None = None
+    status_sent_at: dt.datetime | None = None  # when status_sent was patched
+    events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # to post
     event_reason: str | None = None  # reason of the last failure event (aggregation)
     ready_reason: str | None = None
     state: str = "not_ready"

@@ -10,12 +10,13 @@ injected clock.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
 import time
 from collections.abc import Hashable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from itcare_operator import refresh_policy as policy
 from itcare_operator.errors import CredentialError, FailureKind, Reason, TokenEndpointError
@@ -35,7 +36,14 @@ from itcare_operator.registry import CredentialRegistry
 from itcare_operator.secret_write import TargetTaken
 from itcare_operator.source_secret import credentials_from_secret, keeps
 from itcare_operator.spec import CredentialSpec, InvalidSpec
-from itcare_operator.status import Condition, Observation, ready_condition, status_changed
+from itcare_operator.status import (
+    FAILING_STATUS_INTERVAL,
+    Condition,
+    Observation,
+    only_attempt_details_changed,
+    ready_condition,
+    status_changed,
+)
 from itcare_operator.token import Grant, digest, format_time
 from itcare_operator.token_endpoint import TokenResult
 
@@ -62,14 +70,21 @@ class Reconciler(CredentialRegistry[D]):
         """One reconcile; an API error ends it with a retry, never with a lost token."""
         with about(Resource(self.delivery.kind, *state.key)):
             try:
-                await self._reconcile(state)
+                await self._reconcile_then_post(state)
             except (TargetTaken, Invalid) as exc:
                 await self._failed(state, None, write_failure(exc))
+                self._post_events(state)
             except KubeError as exc:
                 self._warn(state, "KubeRequestFailed", "retrying in 2s", exc)
                 self.later(state.key, API_RETRY)
             except Exception as exc:  # one credential's bug or odd input stops no other
                 await self._unexpected(state, exc)
+
+    async def _reconcile_then_post(self, state: CredentialState[D]) -> None:
+        try:
+            await self._reconcile(state)
+        finally:
+            self._post_events(state)
 
     async def _unexpected(self, state: CredentialState[D], exc: Exception) -> None:
         """Report an unforeseen error in the credential's own status (a reason of its
@@ -89,6 +104,7 @@ class Reconciler(CredentialRegistry[D]):
         )
         try:
             await self._failed(state, spec, Failure(error, kind=FailureKind.TRANSIENT))
+            self._post_events(state)
         except Exception as again:  # reporting failed too: at least come back later
             log.error(
                 "%s: reporting the failure failed: %s", self._label(state.key), describe(again)
@@ -330,10 +346,10 @@ class Reconciler(CredentialRegistry[D]):
             )
         state.ready_reason = ready.reason
         status = self.delivery.render_status(state, obs, now)
-        if status_changed(status, state.status_sent):
+        if status_changed(status, state.status_sent) and self._status_due(state, status, now):
             try:
                 await self.delivery.patch_status(state, status)
-                state.status_sent = status
+                state.status_sent, state.status_sent_at = status, now
             except NotFound:  # deleted while the watch was away: nothing to keep
                 self._forget(state.key)
                 return
@@ -360,6 +376,23 @@ class Reconciler(CredentialRegistry[D]):
         else:
             self.scheduler.cancel(state.key)
 
+    def _status_due(
+        self, state: CredentialState[D], status: dict[str, Any], now: dt.datetime
+    ) -> bool:
+        """Patch now, or let a failing credential's attempt details wait: at most one
+        patch per FAILING_STATUS_INTERVAL while only they change (a wake-up then
+        writes what waited)."""
+        sent, at = state.status_sent, state.status_sent_at
+        if sent is None or at is None or state.failures == 0:
+            return True
+        if not only_attempt_details_changed(status, sent):
+            return True
+        due = at + FAILING_STATUS_INTERVAL
+        if now >= due:
+            return True
+        self.scheduler.schedule(state.key, due.timestamp(), earlier_only=True)
+        return False
+
     def _warn(self, state: CredentialState[D], event: str, what: str, exc: Exception) -> None:
         """An API call failed; the reconcile goes on or is retried (never a crash)."""
         log.warning(
@@ -373,13 +406,30 @@ class Reconciler(CredentialRegistry[D]):
     async def _event(
         self, state: CredentialState[D], type_: str, reason: str, message: str
     ) -> None:
-        await self.kube.create_event(
-            self.delivery.involved(state),
-            type_,
-            reason,
-            message,
-            namespace=self.delivery.event_namespace,
-        )
+        """Queue an Event: posted after the status patch, outside the reconcile slot
+        (:meth:`_post_events`), so a slow Events API delays no refresh."""
+        state.events.append((type_, reason, message))
+
+    def _post_events(self, state: CredentialState[D]) -> None:
+        if not state.events:
+            return
+        events, state.events = state.events, []
+        involved = self.delivery.involved(state)
+        where = self.delivery.event_namespace
+
+        async def post() -> None:
+            for type_, reason, message in events:
+                await self.kube.create_event(involved, type_, reason, message, namespace=where)
+
+        task = asyncio.create_task(post(), name=f"events {self._label(state.key)}")
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
+
+    async def drain_events(self) -> None:
+        """Wait for the Events being posted (shut-down, under the caller's timeout;
+        tests)."""
+        if self._posting:
+            await asyncio.wait(set(self._posting))
 
 
 def write_failure(exc: TargetTaken | Invalid) -> Failure:

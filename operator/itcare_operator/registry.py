@@ -8,6 +8,7 @@ read it (an index, O(1) per event).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -60,6 +61,7 @@ class CredentialRegistry(Generic[D]):
         self.credentials: dict[Key, CredentialState[D]] = {}
         self._by_source: dict[Key, set[Key]] = {}
         self._counts = {"ready": 0, "not_ready": 0, "suspended": 0}
+        self._posting: set[asyncio.Task[None]] = set()  # Events being posted
         self.scheduler = Scheduler(
             self._reconcile_key,
             concurrency=options.get("concurrency", self.concurrency),

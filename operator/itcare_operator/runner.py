@@ -48,6 +48,7 @@ VANISHED_CHECK = 300.0  # seconds between listings for credentials deleted unsee
 # Seconds the refreshes under way get to finish on shut-down (the pod's default grace
 # period is 30 s): one cut after its Secret write costs a token request on restart.
 DRAIN_GRACE = 10.0
+EVENTS_GRACE = 2.0  # seconds the Events still being posted get on shut-down
 # Python's cyclic collector makes a full pass (the event loop stops for time in
 # proportion to every object held) whenever the objects promoted to its oldest
 # generation grew by a quarter. At the default thresholds (700, 10) anything alive
@@ -266,6 +267,11 @@ class Runtime:
         if self.cluster is not None:
             schedulers.append(self.cluster.scheduler)
         await asyncio.gather(*(s.stop(grace=DRAIN_GRACE) for s in schedulers))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(EVENTS_GRACE):  # best effort, as Events are
+                await self.controller.drain_events()
+                if self.cluster is not None:
+                    await self.cluster.drain_events()
         await self.endpoints.aclose()
         await self.http.stop()
         self.stop.set()  # else kopf waits 5 s for its stop-flag waiter on SIGTERM

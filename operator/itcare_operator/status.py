@@ -25,6 +25,9 @@ __all__ = [
     "status_changed",
 ]
 
+# While a credential keeps failing the same way, its status is patched at most this
+# often: each attempt changes only its count, times and message.
+FAILING_STATUS_INTERVAL = dt.timedelta(seconds=30)
 MAX_FAILED_NAMESPACES = 50  # entries in status.failedNamespaces (the count is complete)
 
 
@@ -64,6 +67,35 @@ def status_changed(new: Mapping[str, Any], stored: Mapping[str, Any] | None) -> 
     return {k: v for k, v in new.items() if v is not None} != {
         k: v for k, v in stored.items() if v is not None
     }
+
+
+def _essence(status: Mapping[str, Any]) -> tuple[Any, ...]:
+    conditions = tuple(
+        (c.get("type"), c.get("status"), c.get("reason"), c.get("observedGeneration"))
+        for c in status.get("conditions") or []
+    )
+    return (
+        conditions,
+        *(
+            status.get(k)
+            for k in (
+                "observedGeneration",
+                "tokenExpiresAt",
+                "tokenFingerprint",
+                "lastRefreshTime",
+                "summaryReason",
+                "refreshTokenExpiresAt",
+            )
+        ),
+    )
+
+
+def only_attempt_details_changed(new: Mapping[str, Any], stored: Mapping[str, Any]) -> bool:
+    """``new`` differs from ``stored`` only in what every failed attempt changes (the
+    failure count and time, the next attempt, a condition's message), not in a reason,
+    a readiness, the token or the generation: such a status may wait (see
+    :data:`FAILING_STATUS_INTERVAL`)."""
+    return _essence(new) == _essence(stored)
 
 
 def ready_condition(obs: Observation, now: dt.datetime) -> Condition:
