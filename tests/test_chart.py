@@ -313,6 +313,40 @@ def test_networkpolicy_render(helm: Helm) -> None:
     assert egress_ports == {53, 6443, 443}
     cidrs = [b["ipBlock"]["cidr"] for rule in policy["spec"]["egress"] for b in rule.get("to", [])]
     assert cidrs == ["10.0.0.1/32", "185.0.0.0/16"]
+    # Every egress rule but DNS names its destinations; metrics only from Prometheus.
+    assert all(rule.get("to") for rule in policy["spec"]["egress"][1:])
+    metrics = policy["spec"]["ingress"][0]
+    assert metrics["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "refused"),
+    [
+        ({"apiServerCIDRs": [], "tokenEndpointCIDRs": ["1.2.3.0/24"]}, "apiServerCIDRs"),
+        ({"apiServerCIDRs": ["10.0.0.1/32"], "tokenEndpointCIDRs": []}, "tokenEndpointCIDRs"),
+        ({"apiServerCIDRs": ["10.0.0.1/32"], "tokenEndpointCIDRs": ["1.2.3.0/24"]}, "metricsFrom"),
+    ],
+)
+def test_networkpolicy_refuses_to_allow_anything(
+    helm: Helm, values: dict[str, Any], refused: str
+) -> None:
+    """Shared-cluster item 8: empty apiServerCIDRs meant egress to any address on
+    443/6443, the token rule allowed 0.0.0.0/0 by default, and any pod could read the
+    metrics (every credential's name and failures)."""
+    proc = helm(
+        "template",
+        "itop",
+        str(CHART),
+        "--set-json",
+        f"networkPolicy={json.dumps({'enabled': True, **values})}",
+        check=False,
+    )
+    assert proc.returncode != 0 and refused in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
