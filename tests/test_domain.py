@@ -326,3 +326,36 @@ def test_target_secret_expires_at_key_holds_the_expiry_not_the_receive_time() ->
     assert base64.b64decode(data["tok"]).decode() == "at-123"
     assert base64.b64decode(data["kind"]).decode() == "Bearer"
     assert base64.b64decode(data["h"]).decode() == "Bearer at-123"
+
+
+def test_spec_every_field_is_read() -> None:
+    spec = parse_spec(
+        {
+            "clientSecretRef": {"name": "acct", "clientIdKey": "id", "clientSecretKey": "pw"},
+            "targetSecret": {
+                "name": "tok",
+                "deletionPolicy": "Retain",
+                "labels": {"team": "a"},
+                "annotations": {"example.com/note": "x"},
+            },
+            "tokenURL": "https://idp.example/token",
+            "suspend": True,
+        }
+    )
+    assert (spec.source_name, spec.client_id_key, spec.client_secret_key) == ("acct", "id", "pw")
+    assert (spec.target_name, spec.retain, spec.suspend) == ("tok", True, True)
+    assert spec.token_url == "https://idp.example/token"
+    assert spec.target_labels == {"team": "a"}
+    assert spec.target_annotations == {"example.com/note": "x"}
+
+
+@pytest.mark.parametrize(
+    ("seconds", "valid"), [(29, False), (30, True), (86400, True), (86401, False)]
+)
+def test_spec_refresh_before_bounds(seconds: int, valid: bool) -> None:
+    doc = {**SPEC, "refreshBeforeExpirySeconds": seconds}
+    if valid:
+        assert parse_spec(doc).refresh_before == dt.timedelta(seconds=seconds)
+    else:
+        with pytest.raises(InvalidSpec, match=r"30\.\.86400"):
+            parse_spec(doc)
