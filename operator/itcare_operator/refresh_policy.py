@@ -67,9 +67,11 @@ class RefreshPolicy:
     rejected_cap: float = 3600.0
     """Longest retry delay after rejections, in seconds."""
 
-    expired_cap: float = 30.0
+    expired_cap: float = 5.0
     """Longest retry delay after transient failures while no valid token is held, so
-    that pods get a token soon after an outage ends."""
+    that pods get a token within seconds of an outage's end. Dense is cheap: while the
+    endpoint's origin is down only one credential probes it (:mod:`outage`), the
+    others wait to be released."""
 
     min_retry: float = 1.0
     """Never retry sooner than this, in seconds (protects the endpoint)."""

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import math
 import random
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Generic, TypedDict, TypeVar, Unpack
@@ -66,6 +67,7 @@ class CredentialRegistry(Generic[D]):
             self._reconcile_key,
             concurrency=options.get("concurrency", self.concurrency),
             clock=lambda: self._clock().timestamp(),
+            priority=self._urgency,
         )
         self.delivery.attach(self)
 
@@ -73,6 +75,13 @@ class CredentialRegistry(Generic[D]):
 
     def _adapter(self, settings: Settings, kube: KubeClient, metrics: Metrics) -> Delivery[D]:
         raise NotImplementedError  # each kind's: where its tokens go
+
+    def _urgency(self, key: Hashable) -> float:
+        """Dispatch order when more are due than there are slots: the held token's
+        expiry (earliest first); a credential without a token after them."""
+        state = self.credentials.get(key)  # type: ignore[call-overload]
+        token = state.token if state is not None else None
+        return token.expires_at.timestamp() if token is not None else math.inf
 
     def now(self) -> dt.datetime:
         return self._clock()

@@ -2,7 +2,9 @@
 
 A credential is never reconciled twice at once: a wake-up that arrives while it runs
 is remembered and served right after. Ten thousand credentials cost ten thousand
-heap entries, not ten thousand sleeping tasks.
+heap entries, not ten thousand sleeping tasks. When more are due than there are free
+slots, the most urgent go first: by ``priority`` (the expiry of the token each holds,
+so an outage's end or a restart renews the tokens closest to lapsing first).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from math import inf
 
 __all__ = ["Scheduler"]
 
@@ -27,10 +30,15 @@ class Scheduler:
         *,
         concurrency: int = 32,
         clock: Callable[[], float] = time.time,
+        priority: Callable[[Hashable], float] = lambda _key: inf,
     ) -> None:
         self._work = work
         self._clock = clock
+        self._priority = priority
         self._heap: list[tuple[float, int, Hashable]] = []
+        # Due and waiting for a slot, by priority (lowest first), then by due time.
+        self._ready: list[tuple[float, float, int, Hashable]] = []
+        self._ready_keys: set[Hashable] = set()
         self._due: dict[Hashable, tuple[float, int]] = {}
         self._seq = itertools.count()
         self._running: set[Hashable] = set()
@@ -88,13 +96,14 @@ class Scheduler:
     def cancel(self, key: Hashable) -> None:
         self._due.pop(key, None)
         self._again.discard(key)
+        self._ready_keys.discard(key)
 
     def due_at(self, key: Hashable) -> float | None:
         entry = self._due.get(key)
         return entry[0] if entry else None
 
     def __len__(self) -> int:
-        return len(self._due)
+        return len(self._due) + len(self._ready_keys)
 
     def next_due(self) -> float | None:
         """The earliest time anything is scheduled for (None: nothing is)."""
@@ -102,18 +111,34 @@ class Scheduler:
             heapq.heappop(self._heap)  # superseded or cancelled
         return self._heap[0][0] if self._heap else None
 
+    def _collect_due(self, now: float) -> None:
+        """Move what is due by ``now`` to the ready heap (ordered by priority)."""
+        while (when := self.next_due()) is not None and when <= now:
+            when, seq, key = heapq.heappop(self._heap)
+            del self._due[key]
+            if key not in self._ready_keys:
+                self._ready_keys.add(key)
+                heapq.heappush(self._ready, (self._priority(key), when, seq, key))
+
+    def _next_ready(self) -> Hashable | None:
+        while self._ready:
+            *_order, key = heapq.heappop(self._ready)
+            if key in self._ready_keys:
+                self._ready_keys.discard(key)
+                return key
+        return None
+
     async def run_due(self) -> list[Hashable]:
-        """Run every key due by the clock now, one after the other, without the loop.
+        """Run every key due by the clock now, one after the other, without the loop,
+        most urgent first.
 
         For a driver that owns time (a fake clock, no real sleeps): the work and its
         safety net are the loop's own. A key its own work schedules again for now is
         left for the next call, so one call always ends. Never use it with :meth:`start`.
         """
-        now = self._clock()
+        self._collect_due(self._clock())
         batch: list[Hashable] = []
-        while (when := self.next_due()) is not None and when <= now:
-            _when, _seq, key = heapq.heappop(self._heap)
-            del self._due[key]
+        while (key := self._next_ready()) is not None:
             batch.append(key)
         for key in batch:
             await self._slots.acquire()
@@ -125,12 +150,13 @@ class Scheduler:
         while not self._stopping:
             self.heartbeat = time.monotonic()
             self._changed.clear()
-            now = self._clock()
-            while self._heap and self._heap[0][0] <= now and not self._stopping:
-                when, seq, key = heapq.heappop(self._heap)
-                if self._due.get(key) != (when, seq):
-                    continue  # superseded or cancelled
-                del self._due[key]
+            self._collect_due(self._clock())
+            # A slot first, then the most urgent key ready: what became due while the
+            # slots were full competes by priority, not by arrival.
+            while self._ready_keys and not self._slots.locked() and not self._stopping:
+                key = self._next_ready()
+                if key is None:
+                    break
                 if key in self._running:
                     self._again.add(key)
                     continue
@@ -140,9 +166,9 @@ class Scheduler:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             timeout = min(self._heap[0][0] - self._clock(), 5.0) if self._heap else 5.0
-            if timeout > 0:
+            if timeout > 0 or self._ready_keys:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout)
+                    await asyncio.wait_for(self._changed.wait(), max(timeout, 0.0) or 5.0)
 
     async def _run(self, key: Hashable) -> None:
         try:
@@ -155,6 +181,7 @@ class Scheduler:
         finally:
             self._running.discard(key)
             self._slots.release()
+            self._changed.set()  # a slot is free: the loop dispatches the next ready key
             if key in self._again:
                 self._again.discard(key)
                 self.now(key)
