@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from itcare_operator.cli_args import (
     EXIT_INVALID,
@@ -77,11 +77,12 @@ def credentials_from_args(args: argparse.Namespace) -> ClientCredentials:
         if not namespace or not name:
             raise UsageError("--from-secret takes NAMESPACE/NAME")
         import kubernetes
+        import kubernetes.aio.config
         import yaml
 
         load_cluster_config(args.kubeconfig, args.context)  # usage errors before any call
         try:
-            return read_credentials_sync(
+            return read_credentials(
                 namespace,
                 name,
                 args.client_id_key,
@@ -91,7 +92,12 @@ def credentials_from_args(args: argparse.Namespace) -> ClientCredentials:
             )
         except CredentialError as exc:
             raise UsageError(f"--from-secret {namespace}/{name}: {exc}") from None
-        except (kubernetes.config.ConfigException, yaml.YAMLError, OSError) as exc:
+        except (
+            kubernetes.config.ConfigException,
+            kubernetes.aio.config.ConfigException,
+            yaml.YAMLError,
+            OSError,
+        ) as exc:
             raise UsageError(f"--from-secret: {kubeconfig_problem(exc)}") from None
     if bool(args.client_id_file) != bool(args.client_secret_file):
         raise UsageError("--client-id-file and --client-secret-file go together")
@@ -202,7 +208,7 @@ def check_kubeconfig(settings: Settings) -> None:
     load_cluster_config(settings.kubeconfig, settings.context)
 
 
-def read_credentials_sync(
+def read_credentials(
     namespace: str,
     name: str,
     client_id_key: str,
@@ -211,38 +217,29 @@ def read_credentials_sync(
     kubeconfig: str | None = None,
     context: str | None = None,
 ) -> ClientCredentials:
-    """For ``itcare-operator token --from-secret``: read an API account Secret now."""
-    import kubernetes
-    import urllib3
-    from kubernetes.client.exceptions import ApiException
+    """For ``itcare-operator token --from-secret``: read an API account Secret now,
+    through the operator's own client (``asyncio.run``)."""
+    import asyncio
 
-    from itcare_operator.kube_api import load_config
+    from itcare_operator.kube import connect
+    from itcare_operator.kube_api import KubeError
     from itcare_operator.source_secret import credentials_from_secret
 
-    client = kubernetes.client.ApiClient(load_config(kubeconfig, context))
-    try:
-        core = kubernetes.client.CoreV1Api(client)
+    async def read() -> dict[str, Any] | None:
+        kube = await connect(kubeconfig, context)
         try:
-            response = core.read_namespaced_secret(name, namespace, _preload_content=False)
-            secret = json.loads(cast(bytes, response.data) or b"{}")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise CredentialError(
-                    f"cannot read Secret {namespace}/{name}: {exc.status} {exc.reason}",
-                    reason=Reason.SOURCE_SECRET_NOT_FOUND,
-                ) from None
-            secret = None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise CredentialError(
-                f"cannot reach the API server ({type(exc).__name__})",
-                reason=Reason.SOURCE_SECRET_NOT_FOUND,
-            ) from None
-        return credentials_from_secret(
-            secret,
-            name=f"{namespace}/{name}",
-            client_id_key=client_id_key,
-            client_secret_key=client_secret_key,
-            require_label=False,
-        )
-    finally:
-        client.close()  # type: ignore[no-untyped-call]
+            return await kube.get_secret(namespace, name)
+        finally:
+            await kube.aclose()
+
+    try:
+        secret = asyncio.run(read())
+    except KubeError as exc:
+        raise CredentialError(str(exc), reason=Reason.SOURCE_SECRET_NOT_FOUND) from None
+    return credentials_from_secret(
+        secret,
+        name=f"{namespace}/{name}",
+        client_id_key=client_id_key,
+        client_secret_key=client_secret_key,
+        require_label=False,
+    )

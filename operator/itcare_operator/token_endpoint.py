@@ -133,7 +133,10 @@ class TokenEndpoint:
             trust_env=url.lower().startswith("https://"),
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(
-                max_connections=max_concurrent or 100, max_keepalive_connections=20
+                # Every connection may be kept: with fewer kept than in flight, each
+                # burst closed the surplus and opened (TLS) new ones next time.
+                max_connections=max_concurrent or 100,
+                max_keepalive_connections=max_concurrent or 100,
             ),
             # identity: the body cap counts the bytes on the wire (see _read_capped)
             headers={
