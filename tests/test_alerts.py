@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from itcare_operator import __version__
 from tests.environment import CACHE, component_paths, versions
 
 pytestmark = pytest.mark.env
@@ -382,7 +383,9 @@ OPERATOR_ABSENT = RuleTable(
     },
     step=30,
     end=10 * 60,
-    extra_series=[{"series": 'itcare_build_info{version="0.1.0"}', "values": "1x5 stale"}],
+    extra_series=[
+        {"series": f'itcare_build_info{{version="{__version__}"}}', "values": "1x5 stale"}
+    ],
 )
 
 TABLES = [EXPIRING_SOON, REFRESH_FAILING, NOT_READY, OPERATOR_ABSENT]
