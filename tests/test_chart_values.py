@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from itcare_operator.cli_args import build_parser
+from itcare_operator.troubleshooting import ALERTS
 from tests.environment import component_paths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,3 +199,31 @@ def test_umbrella_chart_with_globals(helm: Helm, tmp_path: Path) -> None:
     # The subchart's own value wins over the global one.
     docs = render(helm, umbrella, "--set", "itcare-token-operator.priorityClassName=own")
     assert deployment(docs)["spec"]["template"]["spec"]["priorityClassName"] == "own"
+
+
+def test_every_alert_links_its_versioned_runbook(helm: Helm) -> None:
+    docs = render(helm, CHART, "--set", "prometheusRule.enabled=true,prometheusRule.force=true")
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    doc = (ROOT / "docs" / "troubleshooting.md").read_text()
+    base = (
+        "https://github.com/itcare-token-operator/itcare-token-operator"
+        f"/blob/v{version}/docs/troubleshooting.md"
+    )
+    assert {a["alert"] for a in alerts} == {e.name for e in ALERTS}
+    for alert in alerts:
+        name = alert["alert"]
+        assert alert["annotations"]["runbook_url"] == f"{base}#{name.lower()}"
+        assert f"\n### `{name}`\n" in doc
+    docs = render(
+        helm,
+        CHART,
+        "--set",
+        "prometheusRule.enabled=true,prometheusRule.force=true",
+        "--set",
+        "prometheusRule.runbookBaseURL=https://wiki.example/itcare",
+    )
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    urls = {r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert "https://wiki.example/itcare#itcaretokenexpiringsoon" in urls
