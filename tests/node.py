@@ -42,6 +42,7 @@ DEFAULT_SYNC_FREQUENCY = "1m"
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
 # No pod may name an image from a registry outside the machine: pulling one would reach
 # out (the chart's default image, in the tests that install the chart without running
 # it). Allowed: images built here (localhost/...) and the test registry on loopback.
