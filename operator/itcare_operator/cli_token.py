@@ -34,6 +34,7 @@ from itcare_operator.token_endpoint import TokenEndpoint, utcnow
 from itcare_operator.token_url import is_loopback_http
 
 __all__ = [
+    "ApiServerUnreachable",
     "check_kubeconfig",
     "check_token_url",
     "cmd_token",
@@ -41,6 +42,11 @@ __all__ = [
     "kubeconfig_problem",
     "load_cluster_config",
 ]
+
+
+class ApiServerUnreachable(UsageError):
+    """The API server did not answer (network, TLS, timeout). ``itcare-operator token``
+    reports it as a usage error (exit 2); ``kubectl itcare`` as unreachable (exit 4)."""
 
 
 def check_token_url(url: str) -> None:
@@ -219,7 +225,8 @@ def read_credentials_sync(
     from itcare_operator.kube_api import load_config
     from itcare_operator.source_secret import credentials_from_secret
 
-    client = kubernetes.client.ApiClient(load_config(kubeconfig, context))
+    config = load_config(kubeconfig, context)
+    client = kubernetes.client.ApiClient(config)
     try:
         core = kubernetes.client.CoreV1Api(client)
         try:
@@ -233,9 +240,8 @@ def read_credentials_sync(
                 ) from None
             secret = None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise CredentialError(
-                f"cannot reach the API server ({type(exc).__name__})",
-                reason=Reason.SOURCE_SECRET_NOT_FOUND,
+            raise ApiServerUnreachable(
+                f"cannot reach the API server {config.host} ({type(exc).__name__})"
             ) from None
         return credentials_from_secret(
             secret,
