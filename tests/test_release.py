@@ -63,3 +63,38 @@ def test_the_floor_check_sees_another_number() -> None:
     _, sentence = floor.SENTENCES[0]
     wrong = sentence.replace("{floor}", "60").replace(" ", "\n                  ", 3)
     assert floor._pattern(sentence).findall(f"description: >-\n  {wrong}\n") == ["60"]
+
+
+def test_release_workflow_and_scripts_lint() -> None:
+    """The release workflow cannot run here: actionlint checks it (with shellcheck on its
+    run steps when shellcheck is installed), and shellcheck the publish script."""
+    import os
+    import shutil
+
+    from tests.environment import CACHE, versions
+
+    actionlint = CACHE / f"actionlint-{versions()['ACTIONLINT_VERSION']}" / "actionlint"
+    if not actionlint.exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            raise AssertionError(f"{actionlint} is not built: scripts/build-components actionlint")
+        import pytest
+
+        pytest.skip("actionlint is not built: scripts/build-components actionlint")
+    proc = subprocess.run(
+        [str(actionlint), ".github/workflows/release.yml"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if shutil.which("shellcheck"):
+        proc = subprocess.run(
+            [
+                "shellcheck",
+                "-x",
+                "scripts/publish",
+                "examples/consumers/shell/itcare-token.sh",
+                "examples/consumers/env-wrapper/restart-on-token-change.sh",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stdout
