@@ -3,7 +3,7 @@ its language runs it, against a directory laid out as the kubelet writes a Secre
 volume (files are symlinks through ``..data``, swapped atomically on an update): each
 program must pick up a new token without a restart. The node tier runs the Python and
 shell ones and the env-var wrapper in pods against a real Secret volume
-(tests/test_consuming.py)."""
+(tests/consumer_pods.py, run by tests/test_registry.py)."""
 
 from __future__ import annotations
 

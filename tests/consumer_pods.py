@@ -1,6 +1,7 @@
 """docs/consuming-tokens.md on the node: the Python and shell re-read snippets and the
 env-var wrapper run in pods against the real Secret volume, created before the Secret
-exists; each sees a refreshed token without a restart."""
+exists; each sees a refreshed token without a restart. The registry test runs it on the
+operator it installed from the registry (one operator start, one refresh wait)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 import kubernetes
-import pytest
 
-from tests import test_node
 from tests.environment import Environment
 from tests.node import RESTRICTED_CONTAINER
 from tests.test_consuming_snippets import CONSUMERS, ENV_APP
-from tests.test_node import Stage, api_account, credential, wait_pods_ready
+from tests.test_node import api_account, credential
 from tests.testenv import wait_for
-
-pytestmark = [pytest.mark.env, pytest.mark.node]
-
-# test_node's fixtures: the release's namespaces, and helm with the environment's arguments.
-stage = test_node.stage
-node_helm = test_node.node_helm
 
 Run = Callable[..., Any]
 SNIPPETS = {
@@ -67,19 +60,18 @@ def fingerprints(kubectl: Run, namespace: str, name: str) -> list[str]:
     return [word for word in lines if len(word) == 64]
 
 
-def test_snippets_and_env_wrapper_follow_the_secret_volume(
+def snippet_pods_follow_the_secret_volume(
     node_env: Environment,
-    stage: Stage,
+    team: str,
     core: kubernetes.client.CoreV1Api,
     custom: kubernetes.client.CustomObjectsApi,
     kubectl: Run,
-    node_helm: Run,
     realm: dict[str, Any],
     record_property: Callable[[str, object], None],
 ) -> None:
-    system, team = stage.system, stage.team
-    node_helm("install", stage.release, system)
-    wait_pods_ready(core, system, 1)
+    """With an operator running: the snippet pods are created before the credential,
+    wait for the Secret, start, and follow a refresh without a restart. Run by the
+    registry test (tests/test_registry.py) on the operator installed from the registry."""
     core.create_namespaced_config_map(
         team,
         {
