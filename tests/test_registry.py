@@ -240,10 +240,13 @@ def test_helm_install_from_the_registry_pulls_the_image_and_serves_a_token(
     ).items
     pulled = [e.message for e in events if e.reason == "Pulled"]
     assert any("Successfully pulled image" in m for m in pulled), pulled
+    print(f"\nkubelet: {pulled[0]}")
     # The registry served the image's manifest to the node.
     log = (node_env.directory / "registry.log").read_text()
     digest = image.split("@")[1]
     assert f"GET /v2/itcare-token-operator/manifests/{digest}" in log
+    blobs = [line for line in log.splitlines() if "GET /v2/itcare-token-operator/blobs/" in line]
+    print(f"registry: the image's manifest and {len(blobs)} blob GETs served")
 
     # The operator from the registry serves a credential to application pods: the
     # re-read snippets and the env-var wrapper of docs/consuming-tokens.md, created
