@@ -25,7 +25,7 @@ RUN python -m venv /opt/build \
     && /opt/itcare/bin/pip install --no-compile --no-deps /dist/*.whl
 
 FROM ${BASE_IMAGE}
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 LABEL org.opencontainers.image.title="itcare-token-operator" \
       org.opencontainers.image.description="Keeps a fresh cegedim.cloud ITCare OAuth2 token in a Kubernetes Secret" \
       org.opencontainers.image.version="${VERSION}" \

@@ -1,13 +1,14 @@
 # itcare-token-operator — developer entry points.
 #   make demo   local control plane + Keycloak + operator; watch the token Secret refresh
 #   make test   lint, type-check, unit tests, then the tests on the real environment
+#   make publish REGISTRY=host[:port][/path]   push the signed image and OCI chart (scripts/publish)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv lint unit components test test-env reliability demo bench bench-smoke bench-peers lock clean
+.PHONY: all venv lint unit components test test-env reliability demo bench bench-smoke bench-peers lock publish clean
 
 all: test
 
@@ -25,7 +26,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check operator tests scripts bench
 	$(VENV)/bin/mypy
 
+# The fast tier renders the chart with helm and lints the release workflow with
+# actionlint: both are built once (cached) from the Go module proxy.
 unit: $(STAMP)
+	scripts/build-components helm
+	scripts/build-components actionlint
 	$(VENV)/bin/pytest -m "not env" -q
 
 components:
@@ -61,6 +66,12 @@ bench-smoke: $(STAMP) components
 lock: $(STAMP)
 	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --universal \
 	  --python-version 3.11 -o requirements.lock
+
+# A release: the image by digest and the chart at oci://$(REGISTRY)/charts/itcare-token-operator,
+# both signed with cosign (COSIGN_KEY), the SBOM attached; the release workflow calls this.
+publish: $(STAMP)
+	@test -n "$(REGISTRY)" || { echo "usage: make publish REGISTRY=host[:port][/path]"; exit 2; }
+	PYTHON=$(abspath $(PY)) scripts/publish $(REGISTRY)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -20,10 +20,15 @@ Keeps a fresh cegedim.cloud ITCare OAuth2 token in a Kubernetes Secret. See the
 repository README for what the operator does and `docs/` for the full reference.
 
 ```sh
-helm install itcare-token-operator charts/itcare-token-operator \\
+helm install itcare-token-operator \\
+  oci://ghcr.io/itcare-token-operator/charts/itcare-token-operator --version {version} \\
   --namespace itcare-system --create-namespace
 kubectl apply -f examples/api-account-secret.yaml -f examples/itcarecredential.yaml
 ```
+
+The published chart pins its image by digest; both are signed with cosign and the image
+carries an SPDX SBOM attestation (repository README, "Verify a release"). From a clone,
+`charts/itcare-token-operator` installs the same chart with the image tag `{version}`.
 
 Two RBAC modes: cluster-wide (default, a ClusterRole) or namespaced
 (`operator.watchNamespaces`, a Role and RoleBinding in each listed namespace). The CRD
@@ -101,7 +106,8 @@ def rows() -> list[tuple[str, str, str]]:
 
 def render() -> str:
     body = "".join(f"| `{key}` | `{default}` | {text} |\n" for key, default, text in rows())
-    return HEADER + body
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    return HEADER.replace("{version}", version) + body
 
 
 def main() -> int:

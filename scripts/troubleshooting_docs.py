@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 
 from itcare_operator.troubleshooting import (  # noqa: E402
+    ALERTS,
     EVENTS,
     OPERATOR_FAILURES,
     REASONS,
@@ -51,6 +52,7 @@ def render() -> str:
             INTRO,
             section("Condition reasons", list(REASONS.values()), code=True),
             section("Events", list(EVENTS.values()), code=True),
+            section("Alerts", list(ALERTS), code=True),
             section(
                 "Operator-level failures (logs and exit codes)", list(OPERATOR_FAILURES), False
             ),

@@ -64,6 +64,7 @@ NODE_EXPORTS = {
     "ITCARE_TEST_POD_TOKEN_URL": "pod_token_url",
     "ITCARE_TEST_HOST_FROM_PODS": "host_from_pods",
     "ITCARE_TEST_HELM_ARGS": "helm_args",
+    "ITCARE_TEST_REGISTRY": "registry",
 }
 
 
@@ -89,6 +90,9 @@ def component_paths() -> dict[str, Path]:
         "kubectl": kube / "kubectl",
         "helm": CACHE / f"helm-{v['HELM_VERSION']}-kube1.{v['HELM_KUBE_MINOR']}" / "helm",
         "keycloak": CACHE / f"keycloak-{v['KEYCLOAK_VERSION']}",
+        "crane": CACHE / f"crane-{v['GO_CONTAINERREGISTRY_VERSION']}" / "crane",
+        "cosign": CACHE / f"cosign-{v['COSIGN_VERSION']}" / "cosign",
+        "syft": CACHE / f"syft-{v['SYFT_VERSION']}" / "syft",
     }
 
 
@@ -340,6 +344,7 @@ class Environment:
                 node.stop_containers(sock)
         for name in (
             "containerd",
+            "registry",
             "tls-front",
             "kube-scheduler",
             "kube-controller-manager",
@@ -684,6 +689,7 @@ def _start_node(env: Environment, paths: dict[str, Path], images: dict[str, str]
         key=pki / "admin.key",
         busybox_image=images["busybox_image"],
         sync_frequency=os.environ.get("ITCARE_NODE_SYNC_FREQUENCY", node.DEFAULT_SYNC_FREQUENCY),
+        registry=_start_registry(env, paths),
     )
     env.processes["kube-scheduler"] = _spawn(
         "kube-scheduler",
@@ -751,7 +757,7 @@ def _start_node(env: Environment, paths: dict[str, Path], images: dict[str, str]
     kubectl = [str(paths["kubectl"]), f"--kubeconfig={env.kubeconfig}"]
     subprocess.run(
         [*kubectl, "apply", "-f", "-"],
-        input=node.LOCAL_IMAGES_ONLY,
+        input=node.local_images_only(cfg.registry),
         text=True,
         check=True,
         capture_output=True,
@@ -787,6 +793,7 @@ def _start_node(env: Environment, paths: dict[str, Path], images: dict[str, str]
             "pod_token_url": f"{realm_url}protocol/openid-connect/token",
             "host_from_pods": node.HOST_FROM_PODS,
             "sync_frequency": cfg.sync_frequency,
+            "registry": cfg.registry,
             "ca_file": str(pki / "ca.crt"),
             "helm_args": shlex.join(
                 [
@@ -806,6 +813,35 @@ def _start_node(env: Environment, paths: dict[str, Path], images: dict[str, str]
             ),
         }
     )
+
+
+def _start_registry(env: Environment, paths: dict[str, Path]) -> str:
+    """A real OCI registry (go-containerregistry's, ``crane registry serve``) on loopback,
+    plain HTTP, blobs on disk; the node's containerd trusts it. Returns host:port."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    (env.directory / "registry").mkdir(exist_ok=True)
+    env.processes["registry"] = _spawn(
+        "registry",
+        [
+            str(paths["crane"]),
+            "registry",
+            "serve",
+            "--address",
+            address,
+            "--disk",
+            str(env.directory / "registry"),
+        ],
+        env.directory,
+    )
+    _wait(
+        "registry",
+        lambda: _http_ok(f"http://{address}/v2/"),
+        30,
+        env.processes["registry"],
+        env.directory / "registry.log",
+    )
+    return address
 
 
 def _state_dir() -> Path | None:

@@ -42,9 +42,16 @@ DEFAULT_SYNC_FREQUENCY = "1m"
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# No pod may name an image from a registry: pulling one would reach outside the machine
-# (the chart's default image, in the tests that install the chart without running it).
-LOCAL_IMAGES_ONLY = """
+
+# No pod may name an image from a registry outside the machine: pulling one would reach
+# out (the chart's default image, in the tests that install the chart without running
+# it). Allowed: images built here (localhost/...) and the test registry on loopback.
+def local_images_only(registry: str = "") -> str:
+    """The ValidatingAdmissionPolicy (and its binding) that refuses any other image."""
+    prefixes = ["localhost/", *([f"{registry}/"] if registry else [])]
+    allowed = " || ".join(f"c.image.startsWith('{p}')" for p in prefixes)
+    where = " or from the test registry " + f"({registry}/...)" if registry else ""
+    return f"""
 apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingAdmissionPolicy
 metadata:
@@ -59,10 +66,10 @@ spec:
         resources: ["pods"]
   validations:
     - expression: >-
-        object.spec.containers.all(c, c.image.startsWith('localhost/')) &&
+        object.spec.containers.all(c, {allowed}) &&
         (!has(object.spec.initContainers) ||
-         object.spec.initContainers.all(c, c.image.startsWith('localhost/')))
-      message: the test node runs only images built on this machine (localhost/...)
+         object.spec.initContainers.all(c, {allowed}))
+      message: the test node runs only images built on this machine (localhost/...){where}
 ---
 apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingAdmissionPolicyBinding
@@ -72,6 +79,9 @@ spec:
   policyName: itcare-test-local-images-only
   validationActions: [Deny]
 """
+
+
+LOCAL_IMAGES_ONLY = local_images_only()
 
 
 def delivery_bound(sync_frequency: str) -> int:
@@ -167,6 +177,8 @@ class NodeConfig:
     key: Path
     busybox_image: str
     sync_frequency: str = DEFAULT_SYNC_FREQUENCY
+    registry: str = ""
+    """host:port of the test registry (plain HTTP on loopback) containerd pulls from."""
 
     @property
     def sock(self) -> Path:
@@ -203,6 +215,15 @@ state = "{d / "state"}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cfg.directory / "cni" / "net.d"}"
+{_registry_config(cfg.registry)}"""
+
+
+def _registry_config(registry: str) -> str:
+    """containerd trusts the test registry, which speaks plain HTTP on loopback."""
+    if not registry:
+        return ""
+    return f"""  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{registry}"]
+    endpoint = ["http://{registry}"]
 """
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from itcare_operator import __version__
 from tests.environment import CACHE, component_paths, versions
 
 pytestmark = pytest.mark.env
@@ -191,6 +192,18 @@ def render_series(creds: dict[str, Credential], step: int, end: int) -> list[dic
 # -- expected alerts ---------------------------------------------------------------------
 
 
+RUNBOOK = (
+    "https://github.com/itcare-token-operator/itcare-token-operator"
+    f"/blob/v{__version__}/docs/troubleshooting.md"
+)
+
+
+def runbook(alert: str) -> str:
+    """The alert's ``runbook_url``: its entry in the troubleshooting document of this
+    release."""
+    return f"{RUNBOOK}#{alert.lower()}"
+
+
 def cred_labels(name: str, severity: str) -> dict[str, str]:
     return {"namespace": NS, "name": name, "scope": "namespaced", "severity": severity}
 
@@ -205,6 +218,7 @@ def expiring(name: str, remaining: str | None) -> dict[str, Any]:
             "summary": f"ITCare token of {NS}/{name} {when} and is not being replaced",
             "description": "Less than 25% of the token's lifetime is left and its refreshes "
             f"fail (or are overdue). See `kubectl -n {NS} describe itccred {name}`.",
+            "runbook_url": runbook("ITCareTokenExpiringSoon"),
         },
     }
 
@@ -216,6 +230,7 @@ def refresh_failing(name: str) -> dict[str, Any]:
             "summary": f"Token refreshes of {NS}/{name} have failed for 10 minutes",
             "description": "The Refreshed condition gives the reason. "
             f"See `kubectl -n {NS} describe itccred {name}`.",
+            "runbook_url": runbook("ITCareTokenRefreshFailing"),
         },
     }
 
@@ -224,7 +239,8 @@ def not_ready(name: str) -> dict[str, Any]:
     return {
         "exp_labels": cred_labels(name, "warning"),
         "exp_annotations": {
-            "summary": f"ITCareCredential {NS}/{name} has had no valid token for 5 minutes"
+            "summary": f"ITCareCredential {NS}/{name} has had no valid token for 5 minutes",
+            "runbook_url": runbook("ITCareCredentialNotReady"),
         },
     }
 
@@ -375,14 +391,17 @@ OPERATOR_ABSENT = RuleTable(
                 "exp_labels": {"severity": "critical"},
                 "exp_annotations": {
                     "summary": "itcare-token-operator metrics have been absent for 5 minutes; "
-                    "tokens are not being refreshed"
+                    "tokens are not being refreshed",
+                    "runbook_url": runbook("ITCareTokenOperatorAbsent"),
                 },
             }
         ],
     },
     step=30,
     end=10 * 60,
-    extra_series=[{"series": 'itcare_build_info{version="0.1.0"}', "values": "1x5 stale"}],
+    extra_series=[
+        {"series": f'itcare_build_info{{version="{__version__}"}}', "values": "1x5 stale"}
+    ],
 )
 
 TABLES = [EXPIRING_SOON, REFRESH_FAILING, NOT_READY, OPERATOR_ABSENT]

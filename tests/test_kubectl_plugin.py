@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import shutil
+import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from itcare_operator import __version__
 from itcare_operator.cli import UsageError
 from itcare_operator.kubectl_plugin import (
+    EXIT_CODES,
     REFRESH_ANNOTATION,
     CredentialRef,
+    build_parser,
     explain,
     main,
     parse_ref,
@@ -21,16 +29,33 @@ from itcare_operator.troubleshooting import REASONS
 from tests.conftest import CLIENT_ID, CLIENT_SECRET
 from tests.keycloak_fake import FakeKeycloak
 
+ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 11, 28, 10, 0, 0, tzinfo=dt.UTC)
 
 
 class FakeStore:
+    server = "https://api.example:6443"
+
     def __init__(self, objects: dict[CredentialRef, dict[str, Any]]) -> None:
         self.objects = objects
         self.annotated: list[tuple[CredentialRef, dict[str, str]]] = []
+        self.listed: list[tuple[str | None, str | None, bool]] = []
 
     def get(self, ref: CredentialRef) -> dict[str, Any] | None:
         return self.objects.get(ref)
+
+    def list(
+        self, namespace: str | None, selector: str | None, *, cluster: bool
+    ) -> list[dict[str, Any]]:
+        self.listed.append((namespace, selector, cluster))
+        wanted = dict(p.split("=") for p in selector.split(",")) if selector else {}
+        return [
+            obj
+            for ref, obj in self.objects.items()
+            if (ref.namespace is None) == cluster
+            and (cluster or namespace is None or ref.namespace == namespace)
+            and wanted.items() <= (obj["metadata"].get("labels") or {}).items()
+        ]
 
     def annotate(self, ref: CredentialRef, annotations: Mapping[str, str]) -> None:
         self.annotated.append((ref, dict(annotations)))
@@ -167,7 +192,7 @@ def test_status_of_a_missing_credential_exits_1(capsys: pytest.CaptureFixture[st
     assert run(["status", "billing"], FakeStore({})) == 1
     err = capsys.readouterr().err
     assert "ClusterITCareCredential billing not found" in err
-    assert "NAMESPACE/billing" in err
+    assert "-n NAMESPACE billing" in err
 
 
 def test_status_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -217,3 +242,158 @@ def test_the_plugin_is_installed_as_kubectl_itcare() -> None:
 
     (script,) = entry_points(group="console_scripts", name="kubectl-itcare")
     assert script.value == "itcare_operator.kubectl_plugin:main"
+
+
+# -- kubectl's conventions: -n, -A, -l, --all, -o, version, completion, exit codes -------
+
+
+def credential(namespace: str | None, name: str, **labels: str) -> dict[str, Any]:
+    obj = failing_credential()
+    obj["metadata"] = {"name": name, "labels": labels, "generation": 2}
+    if namespace:
+        obj["metadata"]["namespace"] = namespace
+    return obj
+
+
+def fleet() -> FakeStore:
+    return FakeStore(
+        {
+            CredentialRef("team-a", "billing"): credential("team-a", "billing", tier="gold"),
+            CredentialRef("team-a", "ledger"): credential("team-a", "ledger"),
+            CredentialRef("team-b", "billing"): credential("team-b", "billing", tier="gold"),
+            CredentialRef(None, "shared"): credential(None, "shared", tier="gold"),
+        }
+    )
+
+
+def test_status_takes_n_as_kubectl_does(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["status", "-n", "team-a", "billing"], fleet()) == 0
+    assert capsys.readouterr().out.startswith("ITCareCredential team-a/billing\n")
+    assert run(["status", "billing", "--namespace", "team-b"], fleet()) == 0
+    assert capsys.readouterr().out.startswith("ITCareCredential team-b/billing\n")
+    assert run(["status", "-n", "team-b", "team-a/billing"], fleet()) == 2
+
+
+def test_status_output_json_and_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["status", "-n", "team-a", "billing", "-o", "json"], fleet()) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["kind"] == "ITCareCredential" and doc["metadata"]["namespace"] == "team-a"
+    assert doc["status"]["consecutiveFailures"] == 3
+    assert run(["status", "shared", "-o", "yaml"], fleet()) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["kind"] == "ClusterITCareCredential"
+
+
+def test_status_all_namespaces_is_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    store = fleet()
+    assert run(["status", "-A"], store) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "NAMESPACE", "NAME", "KIND", "READY", "REASON", "EXPIRES", "NEXT", "REFRESH"
+    ]  # fmt: skip
+    assert [line.split()[:2] for line in lines[1:]] == [
+        ["shared", "ClusterITCareCredential"],
+        ["team-a", "billing"],
+        ["team-a", "ledger"],
+        ["team-b", "billing"],
+    ]
+    assert "TokenEndpointUnavailable" in lines[1] and "in 12m" in lines[1]
+    assert run(["status", "-A", "-l", "tier=gold", "-o", "json"], store) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["kind"] == "List" and len(doc["items"]) == 3
+
+
+def test_renew_all_and_by_selector() -> None:
+    store = fleet()
+    assert run(["renew", "--all", "-n", "team-a"], store) == 0
+    assert [ref for ref, _ in store.annotated] == [
+        CredentialRef("team-a", "billing"),
+        CredentialRef("team-a", "ledger"),
+    ]
+    store = fleet()
+    assert run(["renew", "-A", "-l", "tier=gold"], store) == 0
+    assert {ref for ref, _ in store.annotated} == {
+        CredentialRef("team-a", "billing"),
+        CredentialRef("team-b", "billing"),
+        CredentialRef(None, "shared"),
+    }
+    assert all(a == {REFRESH_ANNOTATION: "2026-11-28T10:00:00Z"} for _, a in store.annotated)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["renew"], ["renew", "-n", "team-a"], ["renew", "x", "--all"], ["status", "x", "-A"]],
+)
+def test_selection_usage_errors_exit_2(argv: list[str]) -> None:
+    store = fleet()
+    assert run(argv, store) == 2
+    assert store.annotated == [] and store.listed == []
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["version"], FakeStore({})) == 0
+    assert capsys.readouterr().out == f"kubectl-itcare {__version__}\n"
+    assert run(["version", "-o", "json"], FakeStore({})) == 0
+    assert json.loads(capsys.readouterr().out) == {"clientVersion": __version__}
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_scripts_parse(shell: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["completion", shell], FakeStore({})) == 0
+    script = capsys.readouterr().out
+    assert "kubectl-itcare" in script and "status renew check version completion" in script
+    binary = shutil.which(shell)
+    if binary is None:
+        pytest.skip(f"{shell} is not installed")
+    proc = subprocess.run([binary, "-n"], input=script, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_bash_completion_completes_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["completion", "bash"], FakeStore({})) == 0
+    script = capsys.readouterr().out
+    probe = 'COMP_WORDS=(kubectl-itcare re); COMP_CWORD=1; _kubectl_itcare; echo "${COMPREPLY[@]}"'
+    proc = subprocess.run(["bash", "-c", script + probe], capture_output=True, text=True)
+    assert proc.stdout.strip() == "renew"
+
+
+def unreachable_kubeconfig(tmp_path: Path) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "-n", "team-a", "billing"],
+        ["status", "-A"],
+        ["renew", "team-a/billing"],
+        ["check", "--from-secret", "team-a/api-account"],
+    ],
+)
+def test_an_unreachable_api_server_exits_4_and_is_named(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One exit code for an unreachable API server, whatever the subcommand."""
+    assert main([*argv, "--kubeconfig", str(unreachable_kubeconfig(tmp_path))]) == 4
+    err = capsys.readouterr().err
+    assert "cannot reach the API server https://127.0.0.1:9" in err
+    assert "not-a-real-token" not in err
+
+
+def test_the_exit_code_table_is_documented() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for code, meaning, commands in EXIT_CODES:
+        assert f"| {code} | {meaning} | {commands} |" in readme
+    assert "Exit codes: 0 done;" in build_parser().format_help().replace("\n", " ")

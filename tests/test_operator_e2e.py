@@ -18,6 +18,7 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+import itcare_operator
 from itcare_operator.token import parse_time
 from tests.keycloak_fake import Fault
 from tests.proxy import KeycloakProxy
@@ -605,7 +606,7 @@ def test_metrics_and_health(sc: Scenario) -> None:
     )
     assert next_refresh is not None and next_refresh < expiry
     assert op.metric("itcare_credentials", state="ready") == 1.0
-    assert op.metric("itcare_build_info", version="0.1.0") == 1.0
+    assert op.metric("itcare_build_info", version=itcare_operator.__version__) == 1.0
     assert op.metric("itcare_token_request_duration_seconds_count", result="success") == 1.0
     assert (op.metric("itcare_kube_requests_total", verb="create", resource="secrets") or 0) >= 1
     assert (

@@ -33,6 +33,7 @@ from itcare_operator.token_endpoint import TokenEndpoint, utcnow
 from itcare_operator.token_url import InvalidTokenURL, is_loopback_http, split_url
 
 __all__ = [
+    "ApiServerUnreachable",
     "check_kubeconfig",
     "check_token_url",
     "cmd_token",
@@ -40,6 +41,11 @@ __all__ = [
     "kubeconfig_problem",
     "load_cluster_config",
 ]
+
+
+class ApiServerUnreachable(UsageError):
+    """The API server did not answer (network, TLS, timeout). ``itcare-operator token``
+    reports it as a usage error (exit 2); ``kubectl itcare`` as unreachable (exit 4)."""
 
 
 def check_token_url(url: str, *, insecure_http: bool = False) -> None:
@@ -235,6 +241,8 @@ def read_credentials(
     try:
         secret = asyncio.run(read())
     except KubeError as exc:
+        if exc.status is None:  # no answer: network, TLS, timeout
+            raise ApiServerUnreachable(str(exc)) from None
         raise CredentialError(str(exc), reason=Reason.SOURCE_SECRET_NOT_FOUND) from None
     return credentials_from_secret(
         secret,

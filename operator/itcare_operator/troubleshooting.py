@@ -11,7 +11,7 @@ import dataclasses
 
 from itcare_operator.errors import Reason
 
-__all__ = ["DOC_URL", "EVENTS", "OPERATOR_FAILURES", "REASONS", "Entry", "entry"]
+__all__ = ["ALERTS", "DOC_URL", "EVENTS", "OPERATOR_FAILURES", "REASONS", "Entry", "entry"]
 
 DOC_URL = "docs/troubleshooting.md"
 
@@ -308,6 +308,44 @@ OPERATOR_FAILURES: tuple[Entry, ...] = (
         "Report it with the traceback (it holds no secret).",
     ),
 )
+
+
+ALERTS: tuple[Entry, ...] = (
+    Entry(
+        "ITCareTokenExpiringSoon",
+        "alert (critical) from the chart's PrometheusRule",
+        "Less than prometheusRule.expiringLifetimeFraction of a token's lifetime is left "
+        "and the operator is not replacing it: its refreshes fail, or the planned refresh "
+        "is overdue (the operator is stalled or not leading).",
+        "kubectl itcare status -n NAMESPACE NAME: the Refreshed reason's entry above says "
+        "what to fix. Overdue with no failure: check the operator's pods, their logs and "
+        "the Lease.",
+    ),
+    Entry(
+        "ITCareTokenRefreshFailing",
+        "alert (warning) from the chart's PrometheusRule",
+        "Every refresh of a credential has failed for prometheusRule."
+        "refreshFailingForMinutes; the current token may still be valid (Ready stays True).",
+        "kubectl itcare status -n NAMESPACE NAME, then the entry of its Refreshed reason.",
+    ),
+    Entry(
+        "ITCareCredentialNotReady",
+        "alert (warning) from the chart's PrometheusRule",
+        "The credential has had no valid token for prometheusRule.notReadyForMinutes: pods "
+        "that read its Secret fail their API calls.",
+        "kubectl itcare status -n NAMESPACE NAME: the Ready reason (NoToken, TokenExpired) "
+        "and the Refreshed reason's entry.",
+    ),
+    Entry(
+        "ITCareTokenOperatorAbsent",
+        "alert (critical) from the chart's PrometheusRule",
+        "Prometheus has scraped no itcare_build_info for prometheusRule.absentForMinutes: "
+        "the operator is down or not scraped, and no token is being refreshed.",
+        "kubectl -n OPERATOR_NAMESPACE get pods,endpoints; the ServiceMonitor's selector "
+        "and the NetworkPolicy's metrics ingress; the operator's logs (entries below).",
+    ),
+)
+"""What each alert of the chart's PrometheusRule means; its ``runbook_url`` links here."""
 
 
 def entry(reason: str) -> Entry | None:

@@ -23,6 +23,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{ include "itcare-token-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with merge (dict) (.Values.commonLabels | default dict) ((.Values.global).commonLabels | default dict) }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Selector labels. */}}
@@ -74,4 +77,11 @@ matching or the credential goes (finalizer), hence secrets/delete.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [delete]
+{{- end }}
+
+{{/* A probe: the chart's HTTP check and timings, with the user's overrides merged over. */}}
+{{- define "itcare-token-operator.probe" -}}
+{{- $probe := merge (deepCopy (.overrides | default dict)) .defaults }}
+{{- $_ := set $probe "httpGet" (dict "path" .path "port" "health") }}
+{{- toYaml $probe }}
 {{- end }}

@@ -1,0 +1,3 @@
+module example.com/itcare-token
+
+go 1.21
