@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 
 import pytest
 
@@ -247,3 +248,16 @@ async def test_an_unexpected_error_in_a_reconcile_is_reported_on_that_credential
         assert condition(kube.status_of(ns, "billing"), "Refreshed")["reason"] == (
             "RefreshSucceeded"
         )
+
+
+async def test_a_target_edited_while_the_watch_was_away_is_repaired_on_the_relist() -> None:
+    """A relist after 410 Gone reports a target edited meanwhile as listed (type None):
+    it is repaired with the same token, as for a watch event."""
+    op, kube, _clock, tokens = await started()
+    target = copy.deepcopy(kube.secrets[(NS, "itcare-token")])
+    target["data"]["access_token"] = base64.b64encode(b"edited").decode()
+    kube.put(NS, target)
+    kube.take_pending()  # the watch was away: no event
+    op.route.managed(None, copy.deepcopy(kube.secrets[(NS, "itcare-token")]))
+    await op.advance(1)
+    assert token_in(kube, NS) == "tok-1" and len(tokens.requests) == 1
