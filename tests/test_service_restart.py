@@ -26,6 +26,16 @@ from tests.fake_kube import (
 NS = "team-a"
 
 
+async def two_namespaces() -> tuple[Operator, FakeKube, Clock, TokenServer]:
+    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
+    for ns in (NS, "team-b"):
+        kube.put(ns, source_secret(ns))
+        kube.apply_credential(credential(ns))
+    op = Operator(kube, clock, tokens)
+    await op.start()
+    return op, kube, clock, tokens
+
+
 async def started() -> tuple[Operator, FakeKube, Clock, TokenServer]:
     kube, clock, tokens = FakeKube(), Clock(), TokenServer()
     kube.put(NS, source_secret(NS))
@@ -172,12 +182,7 @@ async def test_a_poisoned_target_secret_stops_neither_the_start_up_nor_other_nam
     target Secret's expiry annotations and key; at the next restart the start-up
     listing completes, its own stored token is still trusted by its digest (the
     status is ours), and the other namespace's token is reused without a request."""
-    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
-    for ns in (NS, "team-b"):
-        kube.put(ns, source_secret(ns))
-        kube.apply_credential(credential(ns))
-    op = Operator(kube, clock, tokens)
-    await op.start()
+    _op, kube, _clock, tokens = await two_namespaces()
     assert len(tokens.requests) == 2
     target = kube.secrets[("team-b", "itcare-token")]
     target["metadata"]["annotations"][EXPIRES_AT_ANNOTATION] = poison
@@ -221,12 +226,7 @@ async def test_an_unexpected_error_in_a_reconcile_is_reported_on_that_credential
     """A bug or an input nobody foresaw, raised inside one credential's reconcile:
     its status says UnexpectedError (no text of the exception), Ready follows the
     token it holds, it is retried with backoff, and the other credential is served."""
-    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
-    for ns in (NS, "team-b"):
-        kube.put(ns, source_secret(ns))
-        kube.apply_credential(credential(ns))
-    op = Operator(kube, clock, tokens)
-    await op.start()
+    op, kube, _clock, tokens = await two_namespaces()
     kube.fail("patch_status", RuntimeError("boom: tok-secret-text"), times=1)
     await op.advance(900)  # both refresh; the first status patch raises
     statuses = [kube.status_of(ns, "billing") for ns in (NS, "team-b")]
