@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv lint unit components test test-env reliability demo bench bench-smoke bench-peers lock publish clean
+.PHONY: all venv lint unit components test test-env reliability demo bench bench-smoke bench-peers bench-foreign lock mutation publish clean
 
 all: test
 
@@ -61,6 +61,27 @@ bench-peers: $(STAMP) components
 
 bench-smoke: $(STAMP) components
 	$(PY) -m bench.run --smoke
+
+# Foreign Secrets beside ours (docs/bench/foreign.md): N = 1,000 credentials, 5,000
+# foreign Secrets, some churning; about 17 minutes. Smaller: FOREIGN_ARGS="--n 100 ..."
+bench-foreign: $(STAMP) components
+	nice -n 10 $(PY) -m bench.foreign $(FOREIGN_ARGS)
+
+# Mutation testing of the pure rule modules against their fast tests ([tool.mutmut] in
+# pyproject.toml; scores and survivors in docs/mutation.md). mutmut 3 imports a package
+# from ./ or src/ only, so it runs in build/mutation/ with operator/itcare_operator linked
+# as src/itcare_operator; its mutated copies go to build/mutation/mutants/. Not part of
+# make test: about 25 minutes on two shared cores.
+MUTATION_DIR := build/mutation
+mutation: $(STAMP)
+	rm -rf $(MUTATION_DIR)
+	mkdir -p $(MUTATION_DIR)/src $(MUTATION_DIR)/charts/itcare-token-operator
+	ln -s ../../../operator/itcare_operator $(MUTATION_DIR)/src/itcare_operator
+	ln -s ../../../../charts/itcare-token-operator/files \
+	  $(MUTATION_DIR)/charts/itcare-token-operator/files
+	for f in pyproject.toml tests crds; do ln -s ../../$$f $(MUTATION_DIR)/$$f; done
+	cd $(MUTATION_DIR) && ../../$(VENV)/bin/mutmut run --max-children 2
+	cd $(MUTATION_DIR) && ../../$(VENV)/bin/mutmut results
 
 # The image's pinned, hashed runtime dependencies (the Dockerfile installs from it).
 lock: $(STAMP)

@@ -196,3 +196,33 @@ def test_backoff_bounded_without_token(attempt: int, rand: float, kind: FailureK
     policy = RefreshPolicy()
     delay = backoff_delay(attempt, kind, T0, None, policy, rand).total_seconds()
     assert policy.min_retry <= delay <= policy.rejected_cap
+
+
+def test_a_refresh_margin_beyond_the_lifetime_is_cut_to_nine_tenths() -> None:
+    policy = RefreshPolicy(refresh_before=2000 * S)
+    assert refresh_margin(1000 * S, policy) == 900 * S
+
+
+def test_randomness_outside_zero_to_one_is_clamped() -> None:
+    policy = RefreshPolicy()
+    for rand in (1.0, 2.0):
+        at = next_refresh_at(T0, T0 + 1200 * S, T0, policy, rand=rand)
+        assert at == next_refresh_at(T0, T0 + 1200 * S, T0, policy, rand=1.0)
+    later = T0 + 3600 * S
+    low = backoff_delay(5, FailureKind.TRANSIENT, T0, later, policy, rand=0.0)
+    high = backoff_delay(5, FailureKind.TRANSIENT, T0, later, policy, rand=1.0)
+    assert low == high / 2  # equal jitter: at least half the step
+    assert backoff_delay(5, FailureKind.TRANSIENT, T0, later, policy, rand=2.0) == high
+
+
+def test_a_token_expiring_now_is_retried_within_the_expired_cap() -> None:
+    """At the expiry instant the token is already unusable: the short cap applies."""
+    policy = RefreshPolicy()
+    delay = backoff_delay(10, FailureKind.TRANSIENT, T0, T0, policy, rand=1.0)
+    assert delay == policy.expired_cap * S
+
+
+def test_retry_after_is_capped_at_a_day() -> None:
+    policy = RefreshPolicy()
+    delay = backoff_delay(1, FailureKind.TRANSIENT, T0, None, policy, rand=1.0, retry_after=1e7)
+    assert delay == 86400 * S

@@ -180,3 +180,49 @@ async def test_loop_lag_is_sampled_densely_only_while_reconciles_run(
         assert samples() >= 5
     finally:
         task.cancel()
+
+
+async def test_a_wake_up_while_running_survives_the_runs_own_schedule() -> None:
+    runs = 0
+    release = asyncio.Event()
+
+    async def work(key: Hashable) -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            await release.wait()  # an API call under way
+        s.schedule(key, time.time() + 3600)  # as _settle does: the next refresh
+
+    s = Scheduler(work)
+    s.start()
+    s.now("k")
+    while not runs:
+        await asyncio.sleep(0.01)
+    s.now("k")  # a watch event while the reconcile runs...
+    release.set()  # ...and its API call returns in the same loop iteration
+    await asyncio.sleep(0.5)
+    await s.stop()
+    assert runs == 2
+
+
+async def test_when_slots_are_full_the_most_urgent_runs_first() -> None:
+    ran: list[Hashable] = []
+    urgency = {"a": 300.0, "b": 100.0, "c": 200.0}
+
+    async def work(key: Hashable) -> None:
+        ran.append(key)
+
+    s = Scheduler(work, concurrency=1, clock=lambda: 1000.0, priority=lambda k: urgency[str(k)])
+    for key in "abc":
+        s.schedule(key, 999.0)
+    assert await s.run_due() == ["b", "c", "a"]
+    # the loop too: all due at once, one slot
+    s.start()
+    for key in "abc":
+        s.schedule(key, 999.0)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if len(ran) == 6:
+            break
+    await s.stop()
+    assert ran[3:] == ["b", "c", "a"]

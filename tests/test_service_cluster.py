@@ -266,3 +266,15 @@ async def test_a_look_alike_copy_wakes_nothing_and_is_not_kept() -> None:
     assert ran == []  # no reconcile woken
     kept = op.cluster.copies.copies.get("org", {})
     assert not any(name.startswith("look-alike") for _ns, name in kept)
+
+
+async def test_a_namespace_labelled_before_the_watch_lists_it_is_served() -> None:
+    """kopf's own initial listing comes after the start-up listing and the first
+    reconciles: a namespace labelled in between reaches us as listed (type None)."""
+    op, kube, _clock, tokens = await started()
+    kube.apply_namespace("team-a3", TEAM)
+    kube.take_pending()  # no watch event: only kopf's listing reports it
+    assert op.cluster is not None
+    op.cluster.namespace_event(None, copy.deepcopy(kube.namespaces["team-a3"]))
+    await op.advance(1)
+    assert "team-a3" in copies(kube) and len(tokens.requests) == 1

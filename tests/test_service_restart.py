@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 
 import pytest
 
@@ -23,6 +24,16 @@ from tests.fake_kube import (
 )
 
 NS = "team-a"
+
+
+async def two_namespaces() -> tuple[Operator, FakeKube, Clock, TokenServer]:
+    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
+    for ns in (NS, "team-b"):
+        kube.put(ns, source_secret(ns))
+        kube.apply_credential(credential(ns))
+    op = Operator(kube, clock, tokens)
+    await op.start()
+    return op, kube, clock, tokens
 
 
 async def started() -> tuple[Operator, FakeKube, Clock, TokenServer]:
@@ -171,12 +182,7 @@ async def test_a_poisoned_target_secret_stops_neither_the_start_up_nor_other_nam
     target Secret's expiry annotations and key; at the next restart the start-up
     listing completes, its own stored token is still trusted by its digest (the
     status is ours), and the other namespace's token is reused without a request."""
-    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
-    for ns in (NS, "team-b"):
-        kube.put(ns, source_secret(ns))
-        kube.apply_credential(credential(ns))
-    op = Operator(kube, clock, tokens)
-    await op.start()
+    _op, kube, _clock, tokens = await two_namespaces()
     assert len(tokens.requests) == 2
     target = kube.secrets[("team-b", "itcare-token")]
     target["metadata"]["annotations"][EXPIRES_AT_ANNOTATION] = poison
@@ -220,12 +226,7 @@ async def test_an_unexpected_error_in_a_reconcile_is_reported_on_that_credential
     """A bug or an input nobody foresaw, raised inside one credential's reconcile:
     its status says UnexpectedError (no text of the exception), Ready follows the
     token it holds, it is retried with backoff, and the other credential is served."""
-    kube, clock, tokens = FakeKube(), Clock(), TokenServer()
-    for ns in (NS, "team-b"):
-        kube.put(ns, source_secret(ns))
-        kube.apply_credential(credential(ns))
-    op = Operator(kube, clock, tokens)
-    await op.start()
+    op, kube, _clock, tokens = await two_namespaces()
     kube.fail("patch_status", RuntimeError("boom: tok-secret-text"), times=1)
     await op.advance(900)  # both refresh; the first status patch raises
     statuses = [kube.status_of(ns, "billing") for ns in (NS, "team-b")]
@@ -247,3 +248,16 @@ async def test_an_unexpected_error_in_a_reconcile_is_reported_on_that_credential
         assert condition(kube.status_of(ns, "billing"), "Refreshed")["reason"] == (
             "RefreshSucceeded"
         )
+
+
+async def test_a_target_edited_while_the_watch_was_away_is_repaired_on_the_relist() -> None:
+    """A relist after 410 Gone reports a target edited meanwhile as listed (type None):
+    it is repaired with the same token, as for a watch event."""
+    op, kube, _clock, tokens = await started()
+    target = copy.deepcopy(kube.secrets[(NS, "itcare-token")])
+    target["data"]["access_token"] = base64.b64encode(b"edited").decode()
+    kube.put(NS, target)
+    kube.take_pending()  # the watch was away: no event
+    op.route.managed(None, copy.deepcopy(kube.secrets[(NS, "itcare-token")]))
+    await op.advance(1)
+    assert token_in(kube, NS) == "tok-1" and len(tokens.requests) == 1

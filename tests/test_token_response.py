@@ -199,3 +199,51 @@ def test_scrub_finds_a_secret_in_base64_at_every_alignment(
     shown = scrub(text, [SECRET])
     assert shown == WITHHELD
     assert blob not in shown
+
+
+def test_scrub_keeps_a_harmless_text_and_cuts_raw_secrets() -> None:
+    secrets = ["s3cr3t-value-4f2a"]
+    assert scrub("invalid_client: Invalid client credentials", secrets) == (
+        "invalid_client: Invalid client credentials"
+    )
+    assert scrub("bad s3cr3t-value-4f2a here", secrets) == "bad <redacted> here"
+    assert scrub("a\x00b\tc\n", secrets) == "a b c"
+    assert scrub("x" * 200, secrets) == "x" * 200
+    assert scrub("x" * 201, secrets) == "x" * 197 + "..."
+
+
+def test_scrub_withholds_a_secret_in_url_safe_base64_at_every_offset() -> None:
+    secret = "~~~??>>>~~~??>>>client"  # its Base64 holds '+' and '/' at every offset
+    for offset in range(3):
+        standard = base64.b64encode(b"u" * offset + secret.encode()).decode()
+        url_safe = base64.urlsafe_b64encode(b"u" * offset + secret.encode()).decode()
+        assert url_safe != standard
+        assert scrub(f"Basic {url_safe}", [secret]) == WITHHELD, offset
+
+
+def test_token_response_keeps_scope_and_the_refresh_token_expiry() -> None:
+    now = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
+    body = {
+        "access_token": "at",
+        "token_type": "Bearer",
+        "expires_in": 1,
+        "refresh_token": "rt",
+        "refresh_expires_in": 1800,
+        "scope": "a b",
+    }
+    token = parse_token_response(json.dumps(body).encode(), now)
+    assert (token.refresh_token, token.scope) == ("rt", "a b")
+    assert token.expires_at == now + dt.timedelta(seconds=1)
+    assert token.refresh_expires_at == now + dt.timedelta(seconds=1800)
+    no_idle_limit = parse_token_response(
+        json.dumps({**body, "refresh_expires_in": 0}).encode(), now
+    )
+    assert no_idle_limit.refresh_expires_at is None
+    with pytest.raises(InvalidTokenResponse, match="expires_in=0"):
+        parse_token_response(json.dumps({**body, "expires_in": 0}).encode(), now)
+    with pytest.raises(InvalidTokenResponse, match="refresh_expires_in=-1"):
+        parse_token_response(json.dumps({**body, "refresh_expires_in": -1}).encode(), now)
+    with pytest.raises(InvalidTokenResponse, match="is HTML"):
+        parse_token_response(b"  <html>", now)
+    with pytest.raises(InvalidTokenResponse, match="is not a JSON object"):
+        parse_token_response(b"[1]", now)

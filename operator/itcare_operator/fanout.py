@@ -120,8 +120,8 @@ class FanoutDelivery(Adapter[Copies]):
             self.namespaces[name] = Namespace(
                 dict(meta.get("labels") or {}), terminating, str(meta.get("uid") or "")
             )
-        if type_ is None:
-            return  # initial listing: the first reconcile looks at every namespace
+        # A listing (type None) too: kopf's initial listing comes after the start-up
+        # one and the first reconciles, and reports what changed in between as listed.
         for state in self.registry.credentials.values():
             placement = state.out.placement
             if placement is not None and (
@@ -160,8 +160,8 @@ class FanoutDelivery(Adapter[Copies]):
         if cached is not None and (cached.get("metadata") or {}).get("resourceVersion") == version:
             return  # the echo of our own write
         copies[where] = slim_secret(secret)
-        if type_ is not None and state is not None:
-            self.registry.wake(state.key)  # edited by someone: repair it
+        if state is not None and (type_ is not None or cached is not None):
+            self.registry.wake(state.key)  # edited by someone (or while away): repair it
 
     def _selects(
         self, placement: ClusterCredentialSpec, namespace: str, pins: Mapping[str, str]

@@ -165,7 +165,9 @@ def should_refresh(
         return Decision(Action.SUSPENDED, wake=token.expires_at if token else None)
     valid = token is not None and token.is_valid(now)
     due = state.refresh_at is not None and now >= state.refresh_at
-    if not (state.force or not valid or due):
+    # A failed attempt is retried (retry_at) even while the held token is valid and
+    # not due: its forcing was consumed by the attempt.
+    if not (state.force or not valid or due or state.retry_at is not None):
         return Decision(Action.KEEP, wake=state.refresh_at)
     # Forced attempts (an edit, a source change, the annotation) share one limit per
     # credential, held token or not: on a rejected account each edit would otherwise

@@ -138,9 +138,10 @@ class SecretDelivery(Adapter[Target]):
         version = (secret.get("metadata") or {}).get("resourceVersion")
         if type_ != "DELETED" and version == state.out.written_version:
             return  # the echo of our own write
-        if type_ is not None:
-            state.out.reusable = False  # changed by someone else: read it again
-            self.registry.wake(state.key)
+        # Changed by someone else (a relist reports changes missed meanwhile as listed):
+        # read it again.
+        state.out.reusable = False
+        self.registry.wake(state.key)
 
     def _load(self, state: CredentialState[Target], secret: Mapping[str, Any] | None) -> None:
         state.token_loaded = True

@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-import math
 import time
 from collections.abc import Hashable
 from typing import Any, TypeVar
@@ -29,12 +28,10 @@ from itcare_operator.model import (
     Action,
     CredentialState,
     Failure,
-    Key,
     resumed_refresh_at,
     should_refresh,
     source_fingerprint,
 )
-from itcare_operator.outage import OriginGate
 from itcare_operator.registry import CredentialRegistry
 from itcare_operator.secret_write import TargetTaken
 from itcare_operator.source_secret import credentials_from_secret, keeps
@@ -107,6 +104,11 @@ class Reconciler(CredentialRegistry[D]):
         )
         try:
             await self._failed(state, spec, Failure(error, kind=FailureKind.TRANSIENT))
+            now = self._clock()
+            if state.valid_token(now) and state.refresh_at and now < state.refresh_at:
+                # The wake-up _failed scheduled reconciles again; the token it holds
+                # is not due, so that run repairs and settles, it mints nothing.
+                state.retry_at = None
             self._post_events(state)
         except Exception as again:  # reporting failed too: at least come back later
             log.error(
@@ -156,7 +158,6 @@ class Reconciler(CredentialRegistry[D]):
             await self._settle(state, spec, wake=decision.wake, next_attempt=decision.next_attempt)
 
     async def _refresh(self, state: CredentialState[D], spec: CredentialSpec) -> None:
-        forced, forced_at = state.force, state.forced_at
         if state.force:  # this attempt answers the forcing: a failure backs off as usual
             state.forced_at, state.force = self._clock(), False
         where = self.delivery.source_of(state, spec)
@@ -189,11 +190,6 @@ class Reconciler(CredentialRegistry[D]):
             await self._failed(state, spec, Failure(exc))
             return
         endpoint = self.endpoints.get(spec.token_url, self.settings.ca_bundle)
-        gate, now = endpoint.gate, self._clock().timestamp()
-        if not gate.admit(now, state.key):
-            state.force, state.forced_at = forced, forced_at  # not an attempt: kept
-            await self._wait_for_origin(state, spec, gate)
-            return
         started = time.monotonic()  # a duration for the histogram, not a time decision
         try:
             result = await endpoint.obtain(
@@ -204,43 +200,11 @@ class Reconciler(CredentialRegistry[D]):
                 url=spec.token_url,
             )
         except TokenEndpointError as exc:
-            if exc.kind is FailureKind.TRANSIENT:
-                gate.failed(self._clock().timestamp(), exc.retry_after)
-            else:  # the endpoint answered: it is up
-                gate.succeeded()
             self.metrics.observe_request(time.monotonic() - started, ok=False)
             await self._failed(state, spec, Failure(exc, retry_after=exc.retry_after))
             return
-        gate.succeeded()
         self.metrics.observe_request(time.monotonic() - started, ok=True)
         await self._obtained(state, spec, result)
-
-    async def _wait_for_origin(
-        self, state: CredentialState[D], spec: CredentialSpec, gate: OriginGate
-    ) -> None:
-        """The token endpoint's origin is down and another credential probes it: wait
-        to be released by the probe's success (earliest expiry first), with this
-        credential's own backoff as the fallback; no request is sent."""
-        valid = state.valid_token(self._clock())
-        key = state.key
-        gate.wait(
-            key, valid.expires_at.timestamp() if valid else math.inf, lambda: self._released(key)
-        )
-        since = dt.datetime.fromtimestamp(gate.down_since or 0.0, dt.UTC)
-        error = CredentialError(
-            f"the token endpoint has been failing since {format_time(since)}; waiting for "
-            "it to answer (probed every second)",
-            reason=Reason.TOKEN_ENDPOINT_UNAVAILABLE,
-        )
-        await self._failed(state, spec, Failure(error, kind=FailureKind.TRANSIENT))
-
-    def _released(self, key: Key) -> None:
-        """The origin answered: this credential tries again now (the scheduler runs the
-        released credentials earliest expiry first)."""
-        state = self.credentials.get(key)
-        if state is not None:
-            state.retry_at = None
-            self.wake(key)
 
     async def _obtained(
         self, state: CredentialState[D], spec: CredentialSpec, result: TokenResult
@@ -310,7 +274,7 @@ class Reconciler(CredentialRegistry[D]):
         valid = state.valid_token(now)
         wake: dt.datetime | None = None
         if failure.terminal:
-            state.force = False
+            state.force, state.retry_at = False, None
             message = f"{error}; fix the resource to retry"
             wake = valid.expires_at if valid else None  # to report the expiry on time
         else:

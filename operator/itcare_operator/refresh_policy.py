@@ -69,9 +69,8 @@ class RefreshPolicy:
 
     expired_cap: float = 5.0
     """Longest retry delay after transient failures while no valid token is held, so
-    that pods get a token within seconds of an outage's end. Dense is cheap: while the
-    endpoint's origin is down only one credential probes it (:mod:`outage`), the
-    others wait to be released."""
+    that pods get a token within seconds of an outage's end (each attempt still passes
+    the origin's rate limit and concurrency cap)."""
 
     min_retry: float = 1.0
     """Never retry sooner than this, in seconds (protects the endpoint)."""

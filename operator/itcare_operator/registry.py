@@ -38,7 +38,6 @@ D = TypeVar("D")
 class Options(TypedDict, total=False):
     clock: Callable[[], dt.datetime]  # every time decision (tests inject a fake one)
     rand: Callable[[], float]  # the jitter
-    concurrency: int  # reconciles at once
 
 
 class CredentialRegistry(Generic[D]):
@@ -65,13 +64,13 @@ class CredentialRegistry(Generic[D]):
         self._posting: set[asyncio.Task[None]] = set()  # Events being posted
         self.scheduler = Scheduler(
             self._reconcile_key,
-            concurrency=options.get("concurrency", self.concurrency),
+            concurrency=self.concurrency,
             clock=lambda: self._clock().timestamp(),
             priority=self._urgency,
         )
         self.delivery.attach(self)
 
-    concurrency = 32  # reconciles at once, unless given
+    concurrency = 32  # reconciles at once
 
     def _adapter(self, settings: Settings, kube: KubeClient, metrics: Metrics) -> Delivery[D]:
         raise NotImplementedError  # each kind's: where its tokens go

@@ -90,7 +90,12 @@ class Scheduler:
             self._changed.set()
 
     def now(self, key: Hashable) -> None:
-        """Run ``key`` as soon as possible."""
+        """Run ``key`` as soon as possible (once more right after, if it runs now)."""
+        if key in self._running:
+            # Not a heap entry: the run's own schedule() (its next refresh) would
+            # replace it before the loop pops it, and the wake-up would be lost.
+            self._again.add(key)
+            return
         self.schedule(key, self._clock(), earlier_only=True)
 
     def cancel(self, key: Hashable) -> None:

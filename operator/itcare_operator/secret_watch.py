@@ -275,37 +275,25 @@ def reflectors(
     """The Secret watches an operator needs: per watched namespace (or the whole
     cluster), one for its managed Secrets and one for API accounts (metadata only
     when API accounts carry no label). ``guard(stage, take)`` isolates each event."""
+    # (stage, take, selector, metadata only, what)
+    uses: list[tuple[str, Take, str | None, bool, str]] = [
+        ("managed", route.managed, MANAGED_SELECTOR, False, "managed Secrets"),
+        ("source", route.source, SOURCE_SELECTOR, False, "API account Secrets")
+        if require_source_label
+        else ("metadata", route.touched, None, True, "Secret names"),
+    ]
     out: list[Reflector] = []
     for namespace in namespaces or (None,):
-        path = secrets_path(namespace)
         where = namespace or "all namespaces"
-        out.append(
-            Reflector(
-                kube,
-                path,
-                guard("managed", route.managed),
-                selector=MANAGED_SELECTOR,
-                name=f"managed Secrets in {where}",
-            )
-        )
-        if require_source_label:
+        for stage, take, selector, metadata_only, what in uses:
             out.append(
                 Reflector(
                     kube,
-                    path,
-                    guard("source", route.source),
-                    selector=SOURCE_SELECTOR,
-                    name=f"API account Secrets in {where}",
-                )
-            )
-        else:
-            out.append(
-                Reflector(
-                    kube,
-                    path,
-                    guard("metadata", route.touched),
-                    metadata_only=True,
-                    name=f"Secret names in {where}",
+                    secrets_path(namespace),
+                    guard(stage, take),
+                    selector=selector,
+                    metadata_only=metadata_only,
+                    name=f"{what} in {where}",
                 )
             )
     return out

@@ -32,7 +32,6 @@ from itcare_operator.errors import (
     RequestRejected,
     TokenEndpointError,
 )
-from itcare_operator.outage import OriginGate
 from itcare_operator.token import DEFAULT_TOKEN_URL, ClientCredentials, Grant, Token
 from itcare_operator.token_response import (
     MAX_BODY_BYTES,
@@ -119,7 +118,6 @@ class TokenEndpoint:
     ) -> None:
         self.url = url
         self.in_flight = 0  # requests started and not answered (eviction waits for 0)
-        self.gate = OriginGate()  # the origin's outage state (see :mod:`outage`)
         self.last_used = time.monotonic()
         self._total_timeout = total_timeout
         self._clock = clock
