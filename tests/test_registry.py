@@ -5,7 +5,8 @@ oci://...`` then runs the operator on the node from an image the kubelet pulls.
 
 No image is pre-loaded under the registry's name: the node has only the locally built
 ``localhost/...`` images, and the admission policy lets pods name those and the test
-registry's, nothing else.
+registry's, nothing else. The published image's layers are those of the local operator
+image, so containerd fetches the manifest from the registry and reuses the layers.
 """
 
 from __future__ import annotations
