@@ -367,26 +367,6 @@ class KubeClient:
         ]
 
     # -- custom resources --------------------------------------------------------------
-    async def get_credential(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._get(
-            PLURAL,
-            f"get ITCareCredential {namespace}/{name}",
-            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}",
-        )
-
-    async def patch_credential(
-        self, namespace: str, name: str, patch: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        return await self.request(
-            "patch",
-            PLURAL,
-            f"patch ITCareCredential {namespace}/{name}",
-            "PATCH",
-            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}",
-            body=patch,
-            content_type=MERGE_PATCH,
-        )
-
     async def patch_cluster_status(self, name: str, status: Mapping[str, Any]) -> None:
         await self.request(
             "patch",
